@@ -34,6 +34,9 @@ class DemoConfig:
     # model
     hidden_size: int = 96
     num_layers: int = 2
+    num_heads: int = 3
+    """Head size 96 / 3 = 32: vLLM's CPU attention supports head sizes 32, 64, 80, ... (not 24), so the demo's
+    checkpoints also run in vLLM."""
     intermediate_size: int = 256
     # warm-up
     warmup_steps: int = 1500
@@ -92,7 +95,7 @@ def build_base(cfg: DemoConfig, path: Path) -> None:
 
     tokenizer = build_toy_tokenizer()
     model = build_toy_model(tokenizer, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
-                            num_heads=4, intermediate_size=cfg.intermediate_size, initializer_range=0.02,
+                            num_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size, initializer_range=0.02,
                             max_position_embeddings=512)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -16,17 +16,17 @@ calls.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..budget import BudgetConfig, BudgetRow, BudgetTokens, FinishReason, Phase
+from ..budget import BudgetConfig, BudgetRow, BudgetTokens, Phase
 from ..special_tokens import resolve_budget_tokens
 from .prompts import Prompt, render_prompt
 from .record import Completion, SamplingConfig
+from .two_call import Part, completion_of, solution_row
 from .sampling import NEG_INF, model_logprobs, sample
 
 Mode = Literal["single-pass", "two-call"]
@@ -123,16 +123,6 @@ class BudgetStoppingCriteria(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         return torch.tensor([r.phase == Phase.DONE for r in self.rows], dtype=torch.bool, device=input_ids.device)
-
-
-@dataclasses.dataclass
-class _Part:
-    """What one decoding call produced for one row."""
-
-    row: BudgetRow
-    ids: list[int]
-    mask: list[int]
-    logprobs: list[float]
 
 
 class TransformersEngine:
@@ -274,10 +264,10 @@ class TransformersEngine:
         on_token: TokenCallback | None = None,
         is_cancelled: Callable[[int], bool] | None = None,
         job_ids: list[int] | None = None,
-    ) -> list[_Part]:
+    ) -> list[Part]:
         """One decoding call over a batch: left padding, the budget processor, per-row stopping."""
         active = [i for i, r in enumerate(rows) if not r.done]
-        parts = [_Part(r, [], [], []) for r in rows]
+        parts = [Part(r, [], [], []) for r in rows]
         if not active:
             return parts
         act_rows = [rows[i] for i in active]
@@ -310,38 +300,18 @@ class TransformersEngine:
             )
         for j, i in enumerate(active):
             rows[i].finish_unfinished()
-            parts[i] = _Part(rows[i], processor.ids[j], processor.mask[j], processor.logprobs[j])
+            parts[i] = Part(rows[i], processor.ids[j], processor.mask[j], processor.logprobs[j])
         return parts
 
     def _two_call(self, prompt_ids, budgets: list[BudgetConfig], sampling, generator):
         """Phase 1 stops when thinking ends (forced end-of-thinking appended); phase 2 re-prefills for the solution."""
         first_rows = [BudgetRow(b, self.budget_tokens(b), stop_after_thinking=True) for b in budgets]
         first = self._decode(prompt_ids, first_rows, sampling, generator)
-        second_rows, second_prompts = [], []
-        for ids, part, budget in zip(prompt_ids, first, budgets):
-            tokens = part.row.tokens
-            config = budget
-            if budget.max_total_tokens is not None:
-                config = dataclasses.replace(budget, max_total_tokens=max(0, budget.max_total_tokens - len(part.ids)))
-            row = BudgetRow(config, tokens, phase=Phase.SOLUTION)
-            if part.row.finish_reason != FinishReason.THINKING_DONE:
-                row.finish_unfinished()  # phase 1 ended the completion (EOS with the STOP rule, or the total cap)
-            second_rows.append(row)
-            second_prompts.append(ids + part.ids)
+        second_rows = [solution_row(part, budget) for part, budget in zip(first, budgets)]
+        second_prompts = [ids + part.ids for ids, part in zip(prompt_ids, first)]
         second = self._decode(second_prompts, second_rows, sampling, generator)
         return list(zip(first, second))
 
-    def _record(self, p: int, s: int, prompt_ids: list[int], first: _Part, second: _Part | None) -> Completion:
-        row = first.row
-        ids, mask, logprobs = list(first.ids), list(first.mask), list(first.logprobs)
-        overrides: dict = {}
-        if second is not None:  # two-call: the solution comes from the second call, if thinking ended in the first
-            if row.finish_reason == FinishReason.THINKING_DONE:
-                overrides = dict(solution_tokens=second.row.solution_tokens, finish_reason=second.row.finish_reason)
-                ids += second.ids
-                mask += second.mask
-                logprobs += second.logprobs
-            else:
-                overrides = dict(solution_index=None)
-        return Completion.from_row(row, ids, mask, logprobs, self.tokenizer.decode, prompt_index=p, sample_index=s,
-                                   prompt_ids=prompt_ids, **overrides)
+    def _record(self, p: int, s: int, prompt_ids: list[int], first: Part, second: Part | None) -> Completion:
+        return completion_of(first, second, self.tokenizer.decode, prompt_index=p, sample_index=s,
+                             prompt_ids=prompt_ids)

@@ -1,6 +1,7 @@
 """A tiny random causal LM and tokenizer, built entirely offline.
 
-Llama-style config (so transformers and vLLM both reload it with the same tokenizer class), a word-level tokenizer
+Llama-style config (so transformers and vLLM both reload it with the same tokenizer class; head size 32 by default,
+the smallest vLLM's CPU attention supports), a word-level tokenizer
 whose vocabulary suits short arithmetic (the numbers 0-999 are single tokens), the special tokens ``<think>``,
 ``</think>``, EOS ``</s>`` and pad ``<pad>``, and a chat template whose generation prompt opens thinking.
 """
@@ -49,7 +50,7 @@ def build_toy_model(
     *,
     hidden_size: int = 64,
     num_layers: int = 2,
-    num_heads: int = 4,
+    num_heads: int = 2,
     intermediate_size: int = 128,
     max_position_embeddings: int = 2048,
     seed: int = 0,
@@ -58,6 +59,8 @@ def build_toy_model(
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,

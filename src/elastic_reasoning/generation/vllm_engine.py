@@ -1,0 +1,217 @@
+"""Budgeted generation on vLLM: the fast backend (GPUs; vLLM's CPU build on machines without one).
+
+Same interface and same per-completion record as :class:`~.transformers_engine.TransformersEngine`: one request per
+completion, each carrying its budgets in ``SamplingParams.extra_args``, all submitted at once so vLLM's continuous
+batching schedules them; :class:`~.vllm_processor.ElasticBudgetLogitsProcessor` runs the budget state machine inside
+the engine, in one pass.
+
+The record is rebuilt here by replaying the emitted tokens through the same :class:`~elastic_reasoning.budget.BudgetRow`
+(the processor's state never leaves vLLM's worker): a token is forced exactly where the state machine had one due, so
+the sampled/forced mask is exact. The stop token the processor forces to end a request whose budget is spent is
+dropped. Log-probs are vLLM's raw ones (``logprobs_mode="raw_logprobs"``): the model's own log-prob of every token,
+forced ones included, at temperature 1 before top-k/top-p (see the processor's doc for what that means for RL).
+
+``mode="two-call"`` is the fallback for comparisons: phase 1 stops once thinking ends, phase 2 continues
+prompt + thinking with a fresh solution budget; vLLM's prefix caching (on by default) spares most of the re-prefill.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..budget import BudgetConfig, BudgetRow, BudgetTokens, Phase
+from ..special_tokens import resolve_budget_tokens
+from .prompts import Prompt, render_prompt
+from .record import Completion, SamplingConfig
+from .two_call import Part, completion_of, solution_row
+from .vllm_args import budget_extra_args
+
+LOGITS_PROCESSOR = "elastic_reasoning.generation.vllm_processor:ElasticBudgetLogitsProcessor"
+"""What to pass to ``vllm serve --logits-processors`` (or ``LLM(logits_processors=[...])``)."""
+
+
+def _cpu_defaults() -> None:
+    """vLLM's CPU build: a small KV cache by default (it otherwise claims several GiB)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+class VLLMEngine:
+    """Budgeted generation on a vLLM ``LLM`` created with the budget logits processor."""
+
+    def __init__(self, llm, *, max_model_len: int | None = None):
+        self.llm = llm
+        self.tokenizer = llm.get_tokenizer()
+        config = getattr(llm, "llm_engine", None)
+        model_config = getattr(getattr(config, "model_config", None), "max_model_len", None)
+        self.max_model_len = max_model_len or model_config or 4096
+        self._model_eos = None
+        try:
+            from transformers import GenerationConfig
+
+            self._model_eos = GenerationConfig.from_pretrained(self.model_path).eos_token_id
+        except Exception:  # noqa: BLE001 - a model without a generation config keeps the tokenizer's EOS
+            pass
+        self._tokens_cache: dict[tuple, BudgetTokens] = {}
+        if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is not None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    @property
+    def model_path(self) -> str:
+        return self.llm.llm_engine.model_config.model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, dtype: str = "auto", max_model_len: int | None = 2048,
+                        seed: int = 0, **llm_kwargs: Any) -> "VLLMEngine":
+        """Load a model into vLLM with the budget processor. ``name_or_path``: a directory, a hub id, or one of the
+        project's names (``toy``, ``smollm2-135m``). Extra keyword arguments go to ``vllm.LLM``."""
+        from vllm import LLM
+
+        from ..models import resolve_model_path
+        from .vllm_processor import ElasticBudgetLogitsProcessor
+
+        if llm_kwargs.get("logprobs_mode", "raw_logprobs") != "raw_logprobs":
+            raise ValueError("the vLLM engine needs logprobs_mode='raw_logprobs' (processed log-probs report 0.0 for "
+                             "forced tokens)")
+        import torch
+
+        if not torch.cuda.is_available():
+            _cpu_defaults()
+            llm_kwargs.setdefault("enforce_eager", True)
+        processors = list(llm_kwargs.pop("logits_processors", []))
+        processors.append(ElasticBudgetLogitsProcessor)
+        llm = LLM(model=resolve_model_path(name_or_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
+                  logits_processors=processors, logprobs_mode="raw_logprobs", **llm_kwargs)
+        return cls(llm, max_model_len=max_model_len)
+
+    # -- public API (the transformers engine's) ----------------------------------------------------------------
+    def budget_tokens(self, budget: BudgetConfig) -> BudgetTokens:
+        key = (budget.end_thinking, budget.transition, budget.answer_prefix)
+        if key not in self._tokens_cache:
+            self._tokens_cache[key] = resolve_budget_tokens(self.tokenizer, budget, self._model_eos)
+        return self._tokens_cache[key]
+
+    def render(self, prompt: Prompt, budget: BudgetConfig) -> list[int]:
+        return render_prompt(self.tokenizer, prompt, budget.start_thinking)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        budget: BudgetConfig | Sequence[BudgetConfig],
+        sampling: SamplingConfig = SamplingConfig(),
+        *,
+        num_samples: int = 1,
+        mode: str = "single-pass",
+        progress: bool = False,
+        on_token: Callable | None = None,
+        is_cancelled: Callable | None = None,
+    ) -> list[Completion]:
+        """``num_samples`` completions per prompt, in prompt order then sample order (as the transformers engine).
+
+        With ``sampling.seed`` set, completion ``j`` (= prompt_index * num_samples + sample_index) is drawn with
+        seed ``seed + j``: reproducible whatever else shares the batch. Streaming and cancellation are not offered
+        offline: serve through ``vllm serve`` with the processor and this project's server in upstream mode."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if mode not in ("single-pass", "two-call"):
+            raise ValueError(f"unknown mode {mode!r} (single-pass or two-call)")
+        if on_token is not None or is_cancelled is not None:
+            raise ValueError("the vLLM engine does not stream or cancel offline; serve through vllm serve instead")
+        budgets = [budget] * len(prompts) if isinstance(budget, BudgetConfig) else list(budget)
+        if len(budgets) != len(prompts):
+            raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
+        rendered = [self.render(p, b) for p, b in zip(prompts, budgets)]
+        jobs = [(p, s) for p in range(len(rendered)) for s in range(num_samples)]
+        prompt_ids = [rendered[p] for p, _ in jobs]
+        job_budgets = [budgets[p] for p, _ in jobs]
+        seeds = [None if sampling.seed is None else sampling.seed + j for j in range(len(jobs))]
+        if mode == "single-pass":
+            rows = [BudgetRow(b, self.budget_tokens(b)) for b in job_budgets]
+            parts = self._decode(prompt_ids, rows, sampling, seeds, progress)
+            merged = [(part, None) for part in parts]
+        else:
+            first_rows = [BudgetRow(b, self.budget_tokens(b), stop_after_thinking=True) for b in job_budgets]
+            first = self._decode(prompt_ids, first_rows, sampling, seeds, progress)
+            second_rows = [solution_row(part, b) for part, b in zip(first, job_budgets)]
+            second = self._decode([ids + part.ids for ids, part in zip(prompt_ids, first)], second_rows, sampling,
+                                  [None if s is None else s + 7919 for s in seeds], progress)
+            merged = list(zip(first, second))
+        return [completion_of(first, second, self.tokenizer.decode, prompt_index=p, sample_index=s,
+                              prompt_ids=ids)
+                for (p, s), ids, (first, second) in zip(jobs, prompt_ids, merged)]
+
+    def continue_ids(self, prefixes: Sequence[Sequence[int]], budget: BudgetConfig,
+                     sampling: SamplingConfig = SamplingConfig(), *, phase: Phase = Phase.THINKING,
+                     stop_after_thinking: bool = False, generator=None) -> list[Completion]:
+        """Continue already-rendered prefixes, each in ``phase`` (see the transformers engine's method).
+        ``generator`` is not used: seeds come from ``sampling.seed``, one per prefix."""
+        tokens = self.budget_tokens(budget)
+        rows = [BudgetRow(budget, tokens, phase=phase, stop_after_thinking=stop_after_thinking) for _ in prefixes]
+        seeds = [None if sampling.seed is None else sampling.seed + j for j in range(len(rows))]
+        parts = self._decode([list(p) for p in prefixes], rows, sampling, seeds, False)
+        return [completion_of(part, None, self.tokenizer.decode, prompt_index=k, sample_index=0, prompt_ids=list(p))
+                for k, (p, part) in enumerate(zip(prefixes, parts))]
+
+    # -- internals ---------------------------------------------------------------------------------------------
+    def _decode(self, prompt_ids: list[list[int]], rows: list[BudgetRow], sampling: SamplingConfig,
+                seeds: list[int | None], progress: bool) -> list[Part]:
+        """Submit every unfinished row as one request; replay what vLLM emitted through the row."""
+        from vllm import SamplingParams
+
+        parts = [Part(r, [], [], []) for r in rows]
+        active = [i for i, r in enumerate(rows) if not r.done]
+        if not active:
+            return parts
+        requests, params = [], []
+        for i in active:
+            row, ids = rows[i], prompt_ids[i]
+            room = self.max_model_len - len(ids)
+            if room <= 0:
+                raise ValueError(f"prompt of {len(ids)} tokens leaves no room in the model's context of "
+                                 f"{self.max_model_len}")
+            bound = row.config.max_new_tokens(row.tokens.forced_len)
+            requests.append({"prompt_token_ids": list(ids)})
+            params.append(SamplingParams(
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else 0,
+                seed=seeds[i],
+                # + 1: the stop token the processor forces once the budget is spent (dropped below)
+                max_tokens=max(1, min(room, bound + 1 if bound is not None else room)),
+                logprobs=0,
+                skip_special_tokens=False,
+                detokenize=False,
+                extra_args=budget_extra_args(row.config, row.tokens, phase=_start_phase(row),
+                                             stop_after_thinking=row.stop_after_thinking),
+            ))
+        outputs = self.llm.generate(requests, params, use_tqdm=progress)
+        for i, output in zip(active, outputs):
+            parts[i] = _replay(rows[i], output.outputs[0])
+        return parts
+
+
+def _start_phase(row: BudgetRow) -> Phase:
+    """The phase the processor's own copy of the row starts in (a solution continuation, or thinking)."""
+    return Phase.SOLUTION if row.phase == Phase.SOLUTION else Phase.THINKING
+
+
+def _replay(row: BudgetRow, out) -> Part:
+    """The record of one vLLM output: each token through the state machine, forced exactly where one was due."""
+    ids: list[int] = []
+    mask: list[int] = []
+    logprobs: list[float] = []
+    for k, token in enumerate(out.token_ids):
+        if row.done:
+            break  # the stop token forced to end a request whose budget was spent
+        forced = row.forced_token() is not None
+        emitted, _ = row.step(int(token))
+        if emitted != token:
+            raise RuntimeError(f"vLLM emitted {token} where the budget forced {emitted}: is the budget logits "
+                               "processor loaded?")
+        ids.append(int(token))
+        mask.append(0 if forced else 1)
+        entry = out.logprobs[k] if out.logprobs is not None else None
+        logprobs.append(float(entry[token].logprob) if entry and token in entry else float("nan"))
+    row.finish_unfinished()
+    return Part(row, ids, mask, logprobs)
