@@ -60,6 +60,12 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="the same seed gives the same tokens")
 
 
+def _add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                   help="generation backend: transformers (default; any HF causal LM) or vllm (vLLM with the budget "
+                        "logits processor; needs vLLM installed, e.g. .venv-vllm from `make vllm-env`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="elastic-reasoning",
@@ -76,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num-samples", "-n", type=_positive_int, default=1, help="samples per prompt")
     gen.add_argument("--mode", choices=["single-pass", "two-call"], default="single-pass",
                      help="single-pass (one decoding loop, default) or two-call (the official implementation's mechanics)")
-    gen.add_argument("--max-batch-size", type=_positive_int, default=64, help="rows decoded together")
+    gen.add_argument("--max-batch-size", type=_positive_int, default=64,
+                     help="rows decoded together (transformers backend; vLLM schedules its own batches)")
+    _add_backend_arg(gen)
     gen.add_argument("--dtype", default=None, help="torch dtype (default: float32 on CPU, bfloat16 on GPU)")
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("--json", action="store_true", help="one JSON object per completion on stdout")
@@ -214,10 +222,10 @@ def cmd_generate(args) -> int:
     prompts = _read_prompts(args)
     budget = budget_from_args(args)
     sampling = sampling_from_args(args)
-    from .generation.transformers_engine import TransformersEngine
+    from .generation.engines import load_engine
 
-    engine = TransformersEngine.from_pretrained(args.model, dtype=args.dtype, device=args.device,
-                                                max_batch_size=args.max_batch_size)
+    engine = load_engine(args.model, args.backend, dtype=args.dtype, device=args.device,
+                         max_batch_size=args.max_batch_size)
     completions = engine.generate(prompts, budget, sampling, num_samples=args.num_samples, mode=args.mode,
                                   progress=not args.json and sys.stderr.isatty())
     for c in completions:
@@ -378,6 +386,7 @@ def _add_eval_parsers(sub, bench_sub) -> None:
     ev.add_argument("--tokenizer", default=None, help="with --endpoint: local tokenizer to render prompts "
                                                       "(default: --model)")
     ev.add_argument("--max-batch-size", type=_positive_int, default=64)
+    _add_backend_arg(ev)
     ev.add_argument("--dtype", default=None)
     ev.add_argument("--device", default=None)
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -433,7 +442,7 @@ def cmd_eval(args) -> int:
         transition=args.transition, eos_in_thinking=args.eos_in_thinking, answer_prefix=args.answer_prefix,
         l1_prompt=args.l1_prompt, max_tokens=args.max_tokens, data_file=args.data_file, dataset_options=options,
         model_name=args.model_name, endpoint=args.endpoint, tokenizer=args.tokenizer,
-        max_batch_size=args.max_batch_size, dtype=args.dtype, device=args.device,
+        max_batch_size=args.max_batch_size, dtype=args.dtype, device=args.device, backend=args.backend,
         progress=False if args.no_progress else None,
     )
     run_eval(config, table=sys.stdout)

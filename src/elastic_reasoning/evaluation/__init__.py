@@ -8,8 +8,8 @@
 * ``runner.py``: ``run_eval(EvalConfig)``, what ``elastic-reasoning eval`` calls;
 * ``report.py``: ``write_report(dirs)``, what ``elastic-reasoning report`` calls.
 
-Scope: the transformers engine. Not here: a vLLM backend and an OpenAI-compatible ``--endpoint`` backend (see
-docs/evaluation.md).
+Backends: the transformers engine (default), vLLM (``backend="vllm"``, ``--backend vllm``) and an OpenAI-compatible
+``--endpoint`` (see docs/evaluation.md).
 """
 
 from .methods import METHODS, MethodPoint, method_points

@@ -82,6 +82,8 @@ class EvalConfig:
     api_key: str | None = None
     """With ``endpoint``: its API key (default: the ``OPENAI_API_KEY`` environment variable)."""
     max_batch_size: int = 64
+    backend: str = "transformers"
+    """Local generation backend: ``transformers`` or ``vllm`` (ignored with ``endpoint``)."""
     dtype: str | None = None
     device: str | None = None
     progress: bool | None = None
@@ -121,6 +123,7 @@ class EvalConfig:
             "start_thinking": self.start_thinking, "transition": self.transition,
             "eos_in_thinking": self.eos_in_thinking, "answer_prefix": self.answer_prefix,
             "l1_prompt": self.l1_prompt, "max_tokens": self.max_tokens, "endpoint": self.endpoint,
+            "backend": None if self.endpoint else self.backend,
         }
 
     def base_budget(self) -> BudgetConfig:
@@ -271,10 +274,10 @@ def _make_engine(config: EvalConfig):
         return RemoteEngine(config.endpoint, model=config.model, tokenizer=tokenizer,
                             api_key=config.api_key or os.environ.get("OPENAI_API_KEY"),
                             max_parallel=config.max_batch_size)
-    from ..generation.transformers_engine import TransformersEngine
+    from ..generation.engines import load_engine
 
-    return TransformersEngine.from_pretrained(config.model, dtype=config.dtype, device=config.device,
-                                              max_batch_size=config.max_batch_size)
+    return load_engine(config.model, config.backend, dtype=config.dtype, device=config.device,
+                       max_batch_size=config.max_batch_size)
 
 
 def _remote_point(engine, prompts: list[str], point: MethodPoint, sampling: SamplingConfig):

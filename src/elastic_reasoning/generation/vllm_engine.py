@@ -18,6 +18,7 @@ prompt + thinking with a fresh solution budget; vLLM's prefix caching (on by def
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,8 +110,8 @@ class VLLMEngine:
     ) -> list[Completion]:
         """``num_samples`` completions per prompt, in prompt order then sample order (as the transformers engine).
 
-        With ``sampling.seed`` set, completion ``j`` (= prompt_index * num_samples + sample_index) is drawn with
-        seed ``seed + j``: reproducible whatever else shares the batch. Streaming and cancellation are not offered
+        With ``sampling.seed`` set, every request gets its own seed drawn from it (vLLM seeds per request), so the
+        same call gives the same tokens whatever else shares vLLM's batch. Streaming and cancellation are not offered
         offline: serve through ``vllm serve`` with the processor and this project's server in upstream mode."""
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -125,7 +126,8 @@ class VLLMEngine:
         jobs = [(p, s) for p in range(len(rendered)) for s in range(num_samples)]
         prompt_ids = [rendered[p] for p, _ in jobs]
         job_budgets = [budgets[p] for p, _ in jobs]
-        seeds = [None if sampling.seed is None else sampling.seed + j for j in range(len(jobs))]
+        stream = self.make_generator(sampling)
+        seeds = _seeds(stream, len(jobs))
         if mode == "single-pass":
             rows = [BudgetRow(b, self.budget_tokens(b)) for b in job_budgets]
             parts = self._decode(prompt_ids, rows, sampling, seeds, progress)
@@ -135,7 +137,7 @@ class VLLMEngine:
             first = self._decode(prompt_ids, first_rows, sampling, seeds, progress)
             second_rows = [solution_row(part, b) for part, b in zip(first, job_budgets)]
             second = self._decode([ids + part.ids for ids, part in zip(prompt_ids, first)], second_rows, sampling,
-                                  [None if s is None else s + 7919 for s in seeds], progress)
+                                  _seeds(stream, len(jobs)), progress)
             merged = list(zip(first, second))
         return [completion_of(first, second, self.tokenizer.decode, prompt_index=p, sample_index=s,
                               prompt_ids=ids)
@@ -145,13 +147,21 @@ class VLLMEngine:
                      sampling: SamplingConfig = SamplingConfig(), *, phase: Phase = Phase.THINKING,
                      stop_after_thinking: bool = False, generator=None) -> list[Completion]:
         """Continue already-rendered prefixes, each in ``phase`` (see the transformers engine's method).
-        ``generator`` is not used: seeds come from ``sampling.seed``, one per prefix."""
+        ``generator`` (from :meth:`make_generator`) hands out the per-request seeds; calls that share it draw
+        different seeds."""
         tokens = self.budget_tokens(budget)
         rows = [BudgetRow(budget, tokens, phase=phase, stop_after_thinking=stop_after_thinking) for _ in prefixes]
-        seeds = [None if sampling.seed is None else sampling.seed + j for j in range(len(rows))]
+        seeds = _seeds(generator if generator is not None else self.make_generator(sampling), len(rows))
         parts = self._decode([list(p) for p in prefixes], rows, sampling, seeds, False)
         return [completion_of(part, None, self.tokenizer.decode, prompt_index=k, sample_index=0, prompt_ids=list(p))
                 for k, (p, part) in enumerate(zip(prefixes, parts))]
+
+    @staticmethod
+    def make_generator(sampling: SamplingConfig) -> random.Random | None:
+        """Where per-request seeds come from: seeded from ``sampling.seed`` (None: vLLM's own randomness)."""
+        if sampling.greedy or sampling.seed is None:
+            return None
+        return random.Random(sampling.seed)
 
     # -- internals ---------------------------------------------------------------------------------------------
     def _decode(self, prompt_ids: list[list[int]], rows: list[BudgetRow], sampling: SamplingConfig,
@@ -189,6 +199,10 @@ class VLLMEngine:
         for i, output in zip(active, outputs):
             parts[i] = _replay(rows[i], output.outputs[0])
         return parts
+
+
+def _seeds(stream: random.Random | None, n: int) -> list[int | None]:
+    return [None] * n if stream is None else [stream.randrange(2**31) for _ in range(n)]
 
 
 def _start_phase(row: BudgetRow) -> Phase:
