@@ -33,6 +33,13 @@ LOGITS_PROCESSOR = "elastic_reasoning.generation.vllm_processor:ElasticBudgetLog
 """What to pass to ``vllm serve --logits-processors`` (or ``LLM(logits_processors=[...])``)."""
 
 
+def processor_registered() -> bool:
+    """Whether vLLM loads the budget processor by itself (this package's ``vllm.logits_processors`` entry point)."""
+    from importlib.metadata import entry_points
+
+    return any(ep.value == LOGITS_PROCESSOR for ep in entry_points(group="vllm.logits_processors"))
+
+
 def _cpu_defaults() -> None:
     """vLLM's CPU build: a small KV cache by default (it otherwise claims several GiB)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -55,6 +62,9 @@ class VLLMEngine:
         except Exception:  # noqa: BLE001 - a model without a generation config keeps the tokenizer's EOS
             pass
         self._tokens_cache: dict[tuple, BudgetTokens] = {}
+        mode = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "logprobs_mode", None)
+        # An LLM made elsewhere (TRL's colocate mode) may report processed log-probs: 0.0 for a forced token.
+        self.forced_logprobs_known = str(getattr(mode, "value", mode) or "raw_logprobs") == "raw_logprobs"
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -81,7 +91,8 @@ class VLLMEngine:
             _cpu_defaults()
             llm_kwargs.setdefault("enforce_eager", True)
         processors = list(llm_kwargs.pop("logits_processors", []))
-        processors.append(ElasticBudgetLogitsProcessor)
+        if not processor_registered():
+            processors.append(ElasticBudgetLogitsProcessor)
         llm = LLM(model=resolve_model_path(name_or_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
                   logits_processors=processors, logprobs_mode="raw_logprobs", **llm_kwargs)
         return cls(llm, max_model_len=max_model_len)
@@ -197,7 +208,9 @@ class VLLMEngine:
             ))
         outputs = self.llm.generate(requests, params, use_tqdm=progress)
         for i, output in zip(active, outputs):
-            parts[i] = _replay(rows[i], output.outputs[0])
+            out = output.outputs[0]
+            parts[i] = replay(rows[i], out.token_ids, token_logprobs(out.token_ids, out.logprobs),
+                              forced_logprobs_known=self.forced_logprobs_known)
         return parts
 
 
@@ -210,22 +223,35 @@ def _start_phase(row: BudgetRow) -> Phase:
     return Phase.SOLUTION if row.phase == Phase.SOLUTION else Phase.THINKING
 
 
-def _replay(row: BudgetRow, out) -> Part:
-    """The record of one vLLM output: each token through the state machine, forced exactly where one was due."""
+def token_logprobs(token_ids: Sequence[int], entries) -> list[float]:
+    """The log-prob of each emitted token from vLLM's per-position dicts (NaN where vLLM gave none)."""
+    if entries is None:
+        return [float("nan")] * len(token_ids)
+    return [float(e[t].logprob) if e and t in e else float("nan") for t, e in zip(token_ids, entries)]
+
+
+def replay(row: BudgetRow, token_ids: Sequence[int], logprobs: Sequence[float], *,
+           forced_logprobs_known: bool = True) -> Part:
+    """The record of one vLLM output: each token through the state machine, forced exactly where one was due.
+
+    Tokens after the row finished (the stop token the processor forces to end a request whose budget is spent) are
+    dropped. With ``forced_logprobs_known=False`` (vLLM ran with processed log-probs, which report 0.0 for a forced
+    token) a forced token's log-prob is NaN: TRL's importance-sampling correction then leaves that token at ratio 1
+    instead of using a polluted value, and nothing mistakes it for the model's."""
     ids: list[int] = []
     mask: list[int] = []
-    logprobs: list[float] = []
-    for k, token in enumerate(out.token_ids):
+    out_logprobs: list[float] = []
+    for token, logprob in zip(token_ids, logprobs):
         if row.done:
-            break  # the stop token forced to end a request whose budget was spent
+            break
         forced = row.forced_token() is not None
         emitted, _ = row.step(int(token))
         if emitted != token:
             raise RuntimeError(f"vLLM emitted {token} where the budget forced {emitted}: is the budget logits "
-                               "processor loaded?")
+                               "processor loaded (LLM(logits_processors=[...]), --logits-processors, or the "
+                               "vllm.logits_processors entry point)?")
         ids.append(int(token))
         mask.append(0 if forced else 1)
-        entry = out.logprobs[k] if out.logprobs is not None else None
-        logprobs.append(float(entry[token].logprob) if entry and token in entry else float("nan"))
+        out_logprobs.append(float("nan") if forced and not forced_logprobs_known else float(logprob))
     row.finish_unfinished()
-    return Part(row, ids, mask, logprobs)
+    return Part(row, ids, mask, out_logprobs)

@@ -5,10 +5,11 @@ offline, ``vllm_xargs`` over HTTP; keys in :mod:`.vllm_args`), driven by the tok
 continuous batching. Nothing is re-prefilled: a forced token is the only token left in that row's distribution, so
 vLLM's sampler picks it and it enters the KV cache like any other. Requests without budget arguments are untouched.
 
-Load it with ``LLM(model, logits_processors=[ElasticBudgetLogitsProcessor])``, or
+Loaded three ways: the package registers it as a ``vllm.logits_processors`` entry point, so every vLLM engine of an
+environment where this project is installed has it (``LLM``, ``vllm serve``, TRL's colocate and server modes);
+explicitly, ``LLM(model, logits_processors=[ElasticBudgetLogitsProcessor])`` or
 ``vllm serve MODEL --logits-processors elastic_reasoning.generation.vllm_processor:ElasticBudgetLogitsProcessor``.
-(The project does not register it as a ``vllm.logits_processors`` entry point: that would load it into every vLLM
-engine of the environment, wanted or not.)
+Loaded twice it still acts once: every change it makes is idempotent.
 
 Per step and per tracked request, in this order:
 

@@ -26,9 +26,9 @@ def resolve_model_path(name_or_path: str) -> str:
             raise ModelNotFound(f"{name_or_path}: directory has no config.json (not a Hugging Face model)")
         return str(path)
     if name_or_path == "toy":
-        from .toy import save_toy_model
+        from .toy import TOY_VERSION, save_toy_model
 
-        target = cache_dir() / "toy"
+        target = cache_dir() / f"toy-v{TOY_VERSION}"  # a new definition of the toy model gets a new directory
         if not (target / "config.json").exists():
             save_toy_model(target)
         return str(target)

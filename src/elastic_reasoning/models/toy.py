@@ -45,6 +45,10 @@ def build_toy_tokenizer():
     )
 
 
+TOY_VERSION = 2
+"""Bumped whenever the default toy model changes (2: head size 32), so cached copies are rebuilt."""
+
+
 def build_toy_model(
     tokenizer,
     *,

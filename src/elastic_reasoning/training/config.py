@@ -65,9 +65,11 @@ class RolloutConfig:
     train_on_forced_tokens: bool = False
     """Whether forced tokens enter the loss. The paper's code trains on them as if sampled (its recipes set this
     true); the default leaves them out through TRL's env_mask: they were not sampled by the policy."""
-    engine: Literal["transformers"] = "transformers"
-    """Rollout engine: the one-pass transformers engine on the policy being trained (CPU or GPU). Budgeted vLLM
-    rollouts (TRL's colocate/server modes) are not available yet."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Rollout engine. ``transformers``: the one-pass engine on the policy being trained (CPU or GPU). ``vllm``: the
+    same budgets inside vLLM through TRL (``use_vllm`` is switched on; ``trainer.vllm_mode`` colocate (default) or
+    server, TRL syncing the weights before each generation); the budget logits processor reaches TRL's engine
+    through this package's ``vllm.logits_processors`` entry point."""
     max_batch_size: int = 256
     """Rows decoded together by the transformers engine."""
 
@@ -138,9 +140,11 @@ def from_dict(raw: dict) -> TrainConfig:
         else:
             raise ConfigError(f"rewards: expected a name or a mapping, got {item!r}")
     cfg.rewards = specs
-    if cfg.rollout.engine != "transformers":
-        raise ConfigError(f"rollout.engine {cfg.rollout.engine!r} is not available: budgeted vLLM rollouts are not "
-                          "implemented yet; use rollout.engine: transformers")
+    if cfg.rollout.engine not in ("transformers", "vllm"):
+        raise ConfigError(f"rollout.engine must be transformers or vllm, got {cfg.rollout.engine!r}")
+    if cfg.rollout.engine == "transformers" and cfg.trainer.get("use_vllm"):
+        raise ConfigError("trainer.use_vllm is set but rollout.engine is transformers: budgeted rollouts run where "
+                          "rollout.engine says; set rollout.engine: vllm to generate them in vLLM")
     if cfg.rollout.mode not in ("elastic", "vanilla", "truncate"):
         raise ConfigError(f"rollout.mode must be elastic, vanilla or truncate, got {cfg.rollout.mode!r}")
     return cfg

@@ -1,9 +1,13 @@
 """Budget-constrained rollouts for TRL's ``GRPOTrainer`` (its ``rollout_func`` seam).
 
-The rollout runs the one-pass engine on the policy being trained: thinking is cut at ``t*``, the end of thinking is
-forced, the solution gets its own budget ``s*``. Every completion token is marked sampled or forced; TRL receives
+The rollout runs a one-pass engine on the policy being trained: thinking is cut at ``t*``, the end of thinking is
+forced, the solution gets its own budget ``s*``. Engines (``rollout.engine``): the transformers engine on the
+trainer's own model, or vLLM through TRL (``use_vllm``): in ``colocate`` mode on TRL's in-process ``LLM``, in
+``server`` mode on a ``vllm serve`` (``trl vllm-serve``) through TRL's client, the budgets travelling as
+``vllm_xargs``. TRL pushes the current weights into vLLM before each rollout either way. Every completion token is marked sampled or forced; TRL receives
 
-* ``prompt_ids``, ``completion_ids``, ``logprobs`` (a forced token's entry is the model's own log-prob there);
+* ``prompt_ids``, ``completion_ids``, ``logprobs`` (a forced token's entry is the model's own log-prob there; NaN
+  under TRL's vLLM, which runs with processed log-probs: TRL then leaves that token's importance ratio at 1);
 * ``env_mask``: 1 for sampled tokens, 0 for forced ones (unless ``train_on_forced_tokens``), which TRL multiplies
   into its loss mask, so forced tokens add nothing to the policy loss, the KL or the entropy;
 * extra columns for the rewards: ``solution`` (text after the end of thinking), ``thinking_ended``,
@@ -14,7 +18,8 @@ The baselines share everything else: ``vanilla`` decodes plainly up to ``trainer
 ``truncate`` decodes plainly up to one total budget ``t* + s*``.
 
 Seeds: rollouts of step ``k`` on process ``r`` draw from ``seed + 1000003 * k + r``, so a resumed run samples
-exactly what the uninterrupted run sampled.
+exactly what the uninterrupted run sampled (transformers and colocate; in server mode vLLM seeds each request
+from it, but the server's batching is outside this process).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import torch
 
 from ..budget import BudgetConfig
 from ..generation.record import Completion, SamplingConfig
+from ..generation.prompts import render_prompt
 from ..generation.transformers_engine import TransformersEngine
+from ..generation.two_call import completion_of
 from .config import RolloutConfig
 
 
@@ -64,10 +71,6 @@ def make_rollout_func(rollout: RolloutConfig, seed: int = 0) -> Callable:
     def rollout_func(prompts: list, trainer) -> dict:
         args = trainer.args
         model = trainer.accelerator.unwrap_model(trainer.model)
-        engine = state.get("engine")
-        if engine is None or engine.model is not model:
-            engine = TransformersEngine(model, trainer.processing_class, max_batch_size=rollout.max_batch_size)
-            state["engine"] = engine
         budget = budget_for(rollout, args.max_completion_length)
         step = trainer.state.global_step
         sampling = SamplingConfig(
@@ -81,7 +84,14 @@ def make_rollout_func(rollout: RolloutConfig, seed: int = 0) -> Callable:
         model.eval()
         start = time.perf_counter()
         try:
-            completions = engine.generate(prompts, budget, sampling, num_samples=1)
+            if rollout.engine == "vllm":
+                completions = _vllm_rollouts(trainer, state, prompts, budget, sampling)
+            else:
+                engine = state.get("engine")
+                if engine is None or engine.model is not model:
+                    engine = TransformersEngine(model, trainer.processing_class, max_batch_size=rollout.max_batch_size)
+                    state["engine"] = engine
+                completions = engine.generate(prompts, budget, sampling, num_samples=1)
         finally:
             model.train(was_training)
         elapsed = time.perf_counter() - start
@@ -89,6 +99,58 @@ def make_rollout_func(rollout: RolloutConfig, seed: int = 0) -> Callable:
         return rollout_columns(completions, rollout.train_on_forced_tokens)
 
     return rollout_func
+
+
+def _vllm_rollouts(trainer, state: dict, prompts: list, budget: BudgetConfig,
+                   sampling: SamplingConfig) -> list[Completion]:
+    """Budgeted rollouts in TRL's vLLM: the offline engine in colocate mode, the HTTP client in server mode."""
+    generation = getattr(trainer, "vllm_generation", None)
+    if generation is None:
+        raise RuntimeError("rollout.engine vllm needs TRL's vLLM (trainer.use_vllm); it is not set up")
+    if generation.mode == "colocate":
+        from ..generation.vllm_engine import VLLMEngine
+
+        engine = state.get("vllm_engine")
+        if engine is None or engine.llm is not generation.llm:
+            engine = VLLMEngine(generation.llm)
+            state["vllm_engine"] = engine
+        return engine.generate(prompts, budget, sampling, num_samples=1)
+    return server_rollouts(generation.vllm_client, trainer.processing_class, prompts, budget, sampling,
+                           max_model_len=getattr(generation, "max_model_length", None))
+
+
+def server_rollouts(client, tokenizer, prompts: list, budget: BudgetConfig, sampling: SamplingConfig, *,
+                    max_model_len: int | None = None) -> list[Completion]:
+    """Budgeted completions from a ``vllm serve`` (with the budget processor) through TRL's ``VLLMClient``: one
+    request per distinct prompt, ``n`` completions each, the budgets as ``vllm_xargs``; each completion replayed
+    through the state machine for its mask and counts, as the offline engine does."""
+    from ..budget import BudgetRow
+    from ..special_tokens import resolve_budget_tokens
+    from ..generation.vllm_args import budget_extra_args
+    from ..generation.vllm_engine import replay
+
+    tokens = resolve_budget_tokens(tokenizer, budget)
+    rendered = [render_prompt(tokenizer, p, budget.start_thinking) for p in prompts]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k, ids in enumerate(rendered):
+        groups.setdefault(tuple(ids), []).append(k)
+    bound = budget.max_new_tokens(tokens.forced_len)
+    out: list[Completion | None] = [None] * len(prompts)
+    for g, (ids, members) in enumerate(groups.items()):
+        room = (max_model_len or 1 << 30) - len(ids)
+        kwargs = {"vllm_xargs": budget_extra_args(budget, tokens)}
+        if sampling.seed is not None:
+            kwargs["seed"] = sampling.seed + 7919 * g
+        result = client.generate([list(ids)], n=len(members), temperature=sampling.temperature or 0.0,
+                                 top_p=sampling.top_p, top_k=sampling.top_k, logprobs=0,
+                                 max_tokens=max(1, min(room, bound + 1 if bound is not None else room)),
+                                 generation_kwargs=kwargs)
+        for k, completion_ids, logprobs in zip(members, result["completion_ids"], result["logprobs"]):
+            row = BudgetRow(budget, tokens)
+            flat = [lp[0] if isinstance(lp, (list, tuple)) else lp for lp in logprobs]
+            part = replay(row, completion_ids, flat, forced_logprobs_known=False)
+            out[k] = completion_of(part, None, tokenizer.decode, prompt_index=k, sample_index=0, prompt_ids=list(ids))
+    return [c for c in out if c is not None]
 
 
 def _log_rollout_metrics(trainer, completions: list[Completion], elapsed: float) -> None:

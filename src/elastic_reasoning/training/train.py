@@ -110,6 +110,9 @@ def build_trainer(cfg: TrainConfig):
     if not torch.cuda.is_available():
         trainer_args.setdefault("use_cpu", True)
         trainer_args.setdefault("bf16", False)
+    if cfg.rollout.engine == "vllm":
+        trainer_args["use_vllm"] = True
+        trainer_args.setdefault("vllm_mode", "colocate")
     funcs, weights = build_rewards(cfg)
     trainer_args.setdefault("reward_weights", weights)
     args = GRPOConfig(**trainer_args)
@@ -137,7 +140,25 @@ def build_trainer(cfg: TrainConfig):
         rollout_func=rollout_func,
         callbacks=[callback],
     )
+    if cfg.rollout.engine == "vllm" and args.vllm_mode == "colocate" and not torch.cuda.is_available():
+        use_inplace_reload(trainer.vllm_generation)
     return trainer
+
+
+def use_inplace_reload(generation) -> None:
+    """Weight sync for TRL's colocate mode on vLLM's CPU build.
+
+    The CPU build repacks linear weights after loading (their parameters are left empty), so TRL's per-parameter
+    ``load_weights`` cannot update them. vLLM's in-place reload (``model_runner.reload_weights``) runs the loading and
+    the repacking again from the trainer's parameters (checkpoint names, as TRL yields them)."""
+    runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+
+    def sync_weights() -> None:
+        runner.reload_weights(weights_iterator=((name, param.detach()) for name, param in
+                                                generation._iter_named_params()))
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
