@@ -148,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     bg.add_argument("--prompt-lengths", default="64,256,1024", help="comma-separated prompt lengths for (b)")
     bg.add_argument("--repeats", type=_positive_int, default=9, help="interleaved repeats of (a); medians compared")
     bg.set_defaults(func=cmd_bench_generate)
+    bv = bench_sub.add_parser("vllm", help="inside vLLM: one-pass budgets vs two-call vs no budget, same tokens",
+                              description="The same greedy requests through vLLM three ways: the budget logits "
+                                          "processor (one pass), the two-call mode (prefix caching on), and plain "
+                                          "decoding of the same number of tokens; ratios of median times. Needs "
+                                          "vLLM (.venv-vllm from `make vllm-env` on a CPU machine).")
+    bv.add_argument("--json", action="store_true", help="print one JSON object with the ratios")
+    bv.add_argument("--quick", action="store_true", help="fewer requests, repeats and tokens (a smoke run)")
+    bv.add_argument("--model", default=None, help="model to measure (default: a random Llama of bench size, built offline)")
+    bv.add_argument("--requests", type=_positive_int, default=32, help="requests per run (default 32)")
+    bv.add_argument("--prompt-lengths", default="64,1024", help="comma-separated prompt lengths")
+    bv.add_argument("--thinking-budget", type=_positive_int, default=96)
+    bv.add_argument("--solution-budget", type=_positive_int, default=32)
+    bv.add_argument("--repeats", type=_positive_int, default=5, help="interleaved repeats; medians compared")
+    bv.set_defaults(func=cmd_bench_vllm)
     bt = bench_sub.add_parser("train", help="budget-constrained vs vanilla GRPO: tokens and time per step",
                               description="A few GRPO steps of each rollout mode (elastic, vanilla) on the same "
                                           "recipe; prints tokens generated and wall time per step as ratios. Any "
@@ -347,6 +361,24 @@ def cmd_bench_generate(args) -> int:
         from .bench.generate import format_table
 
         print(format_table(result))
+    return 0
+
+
+def cmd_bench_vllm(args) -> int:
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise CliError("bench vllm needs vLLM: run it with .venv-vllm/bin/elastic-reasoning (`make vllm-env`)") from None
+    from .bench.vllm import format_table, run_vllm_bench
+
+    lengths = _int_list(args.prompt_lengths, "--prompt-lengths")
+    result = run_vllm_bench(model=args.model, requests=args.requests, prompt_lengths=lengths,
+                            thinking_budget=args.thinking_budget, solution_budget=args.solution_budget,
+                            repeats=args.repeats, quick=args.quick, log=sys.stderr)
+    print(json.dumps(result) if args.json else format_table(result))
     return 0
 
 

@@ -136,3 +136,12 @@ def test_cli_eval_with_vllm_backend(toy_dir, tmp_path):
     for rec in summary:
         assert rec["completions"] == 12
         assert rec["thinking_tokens"] <= rec["thinking_budget"] and rec["solution_tokens"] <= 5
+
+
+def test_cli_bench_vllm_quick():
+    r = _cli("bench", "vllm", "--quick", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    row = result["rows"][0]
+    assert row["tokens"]["one-pass"] == row["tokens"]["two-call"] == row["tokens"]["plain"] > 0
+    assert row["overhead_vs_plain"] > 0 and row["two_call_over_one_pass"] > 0
