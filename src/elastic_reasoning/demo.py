@@ -58,6 +58,8 @@ class DemoConfig:
     vanilla_max_tokens: int = 160
     # evaluation
     budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 48, 64])
+    eval_solution_budget: int = 40
+    """s at evaluation, for every model and thinking budget: room to finish all remaining steps after any cut."""
     eval_max_tokens: int = 256
     """Cap of the no-budget evaluation."""
     quick: bool = False
@@ -156,7 +158,7 @@ def evaluate(cfg: DemoConfig, model_dir: Path, seed: int) -> list[dict]:
         if budget is None:
             config = BudgetConfig(max_total_tokens=cfg.eval_max_tokens)
         else:
-            config = BudgetConfig(thinking_budget=budget, solution_budget=cfg.solution_budget)
+            config = BudgetConfig(thinking_budget=budget, solution_budget=cfg.eval_solution_budget)
         out = engine.generate(prompts, config, SamplingConfig(temperature=1.0, top_p=1.0, seed=seed))
         correct = [score_synthetic(c.solution, p.answer, thinking_ended=c.solution_index is not None,
                                    stopped=c.finish_reason == "stop") for c, p in zip(out, problems)]
@@ -217,7 +219,8 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
     models = [m for m in ("warmup", "vanilla", "e1") if (m, None) in by]
     lines = [
         f"Held-out problems: {cfg.heldout_problems}, sampling at T=1, {cfg.seeds} seeds (mean ± std). "
-        f"t* = {cfg.thinking_budget} (E1's training budget), s = {cfg.solution_budget}. Accuracy % "
+        f"t* = {cfg.thinking_budget}, s* = {cfg.solution_budget} (E1's training budgets); evaluation with "
+        f"s = {cfg.eval_solution_budget}. Accuracy % "
         "(thinking tokens in parentheses).",
         "",
         "| thinking budget | " + " | ".join(models) + " | minimal-trace ceiling |",
