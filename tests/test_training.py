@@ -26,7 +26,7 @@ def write_recipe(tmp_path: Path, **rollout) -> Path:
         "model": {"name_or_path": "toy"},
         "data": {"dataset": str(data)},
         "rollout": {"mode": "elastic", "thinking_budget": 6, "solution_budget": 4, **rollout},
-        "rewards": [{"name": "tests.train_rewards:first_word_is_number"}],
+        "rewards": [{"name": "tests.train_rewards:first_word_is_even_number"}],
         "trainer": {"max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4, "learning_rate": 0.01,
                     "beta": 0.0, "max_completion_length": 16, "temperature": 1.0, "save_steps": 2, "seed": 3,
                     "output_dir": str(tmp_path / "out")},
@@ -80,7 +80,7 @@ def _loss_grads_per_completion_token(trainer):
     Measured at the output of the final norm: position p there feeds only the prediction of token p + 1 (TRL scores
     completions through a fused LM head, so the logits themselves are never materialised).
     """
-    inputs = [trainer.train_dataset[i] for i in range(2) for _ in range(4)]
+    inputs = [trainer.train_dataset[i] for i in range(4) for _ in range(4)]  # 4 groups: some with unequal rewards
     trainer.model.train()
     batch = trainer._generate_and_score_completions(inputs)
     trainer.current_gradient_accumulation_steps = 1  # set by the training loop, which this test bypasses
