@@ -82,7 +82,7 @@ class VLLMEngine:
         from ..models import resolve_model_path
         from .vllm_processor import ElasticBudgetLogitsProcessor
 
-        if llm_kwargs.get("logprobs_mode", "raw_logprobs") != "raw_logprobs":
+        if llm_kwargs.pop("logprobs_mode", "raw_logprobs") != "raw_logprobs":
             raise ValueError("the vLLM engine needs logprobs_mode='raw_logprobs' (processed log-probs report 0.0 for "
                              "forced tokens)")
         import torch
