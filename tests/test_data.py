@@ -76,16 +76,31 @@ def test_reference_thinking_is_needlessly_long_and_still_right():
 
 
 def test_padding_is_the_greedy_choice_after_a_step():
+    """Over the mix of concise and padded worked examples, a re-check is still the likeliest thing after a step."""
+    from elastic_reasoning.data.synthetic import worked_segments
+
     cfg = SyntheticConfig()
     rng = random.Random(1)
     after_step = checks = 0
+    concise = 0
     for p in generate_problems(400, "train", seed=5):
-        segs = p.reference_segments(rng, cfg.check_prob, cfg.restate_prob)
+        segs = worked_segments(p, rng, cfg)
+        concise += segs == p.minimal_segments()
         for a, b in zip(segs, segs[1:]):
             if a.words[0] != "check" and a.words[0] != "the":
                 after_step += 1
                 checks += b.words[0] == "check"
     assert checks / after_step > 0.5
+    assert 0.15 < concise / 400 < 0.35  # concise_prob = 0.25 of the examples are the minimal trace
+
+
+def test_terms_of_a_problem_are_distinct_by_default():
+    problems = generate_problems(300, "train", seed=2)
+    assert all(len(set(p.terms)) == len(p.terms) for p in problems)
+    repeats = generate_problems(300, "train", seed=2, config=SyntheticConfig(distinct_terms=False))
+    assert any(len(set(p.terms)) < len(p.terms) for p in repeats)
+    with pytest.raises(ValueError, match="distinct_terms"):
+        SyntheticConfig(max_terms=8, max_value=5)
 
 
 @pytest.mark.parametrize("cut", range(0, 40))

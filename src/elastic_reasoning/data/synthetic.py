@@ -16,8 +16,10 @@ The **reference thinking** is the same chain padded the way real reasoning trace
 probability ``check_prob``, a needless re-check (``check 8 + 7 = 15 ok``, after which the chain restarts from the
 running sum), and with probability ``restate_prob`` a restatement of the problem first (``the problem is the sum of
 3 5 7 2 .``). With ``check_prob > 0.5`` the most likely next token after a step is the padding, so a model trained on
-it and decoded greedily pads too. Averages over the default settings (4-8 terms): minimal 21 tokens, reference about
-49 (``reference_stats``).
+it and decoded greedily pads too. A share ``concise_prob`` of the worked examples is written concisely (the minimal
+trace), as real traces vary in verbosity: a model can learn that a short trace is also a way to the answer. Averages
+over the default settings (4-8 distinct terms of 0-9): minimal 21 tokens, worked thinking about 56
+(``reference_stats``).
 
 The **solution** is ``answer 17``. A solution written after thinking was cut (``solution_after_cut``) first finishes
 the remaining steps from the last complete partial sum (``15 + 2 = 17 answer 17``): training data that teaches a
@@ -61,6 +63,9 @@ class SyntheticConfig:
     """Probability of a needless re-check after a step (above 0.5: greedy decoding then prefers the padding)."""
     restate_prob: float = 0.8
     """Probability that the reference thinking starts by restating the problem."""
+    concise_prob: float = 0.25
+    """Share of worked examples written concisely (the minimal trace, no padding), as real traces vary in verbosity.
+    The verbose rest pads with ``check_prob`` and ``restate_prob``."""
     heldout_fraction: float = 0.1
     """Share of all possible problems reserved for the held-out (test) split."""
 
@@ -72,7 +77,7 @@ class SyntheticConfig:
         if self.distinct_terms and self.max_terms > self.max_value + 1:
             raise ValueError(f"distinct_terms needs max_terms <= max_value + 1, got {self.max_terms} terms of "
                              f"0..{self.max_value}")
-        for name in ("check_prob", "restate_prob"):
+        for name in ("check_prob", "restate_prob", "concise_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.heldout_fraction < 1.0:
@@ -230,7 +235,7 @@ def training_examples(problems: Sequence[SumProblem], *, seed: int = 0, config: 
     rng = random.Random(f"synthetic-examples-{seed}")
     out = []
     for p in problems:
-        segments = p.reference_segments(rng, config.check_prob, config.restate_prob)
+        segments = worked_segments(p, rng, config)
         total = sum(len(s.words) for s in segments)
         if cut_fraction and rng.random() < cut_fraction and total > min_cut:
             cut = rng.randint(min_cut, total - 1)
@@ -241,12 +246,19 @@ def training_examples(problems: Sequence[SumProblem], *, seed: int = 0, config: 
     return out
 
 
+def worked_segments(problem: SumProblem, rng: random.Random, config: SyntheticConfig) -> list[Segment]:
+    """The thinking of one worked example: concise (minimal) with probability ``concise_prob``, else padded."""
+    if rng.random() < config.concise_prob:
+        return problem.minimal_segments()
+    return problem.reference_segments(rng, config.check_prob, config.restate_prob)
+
+
 def reference_stats(n: int = 2000, *, seed: int = 0, config: SyntheticConfig = SyntheticConfig()) -> dict[str, float]:
     """Mean words of minimal and reference thinking over ``n`` training problems (one token per word on the toy)."""
     problems = generate_problems(n, "train", seed=seed, config=config)
     rng = random.Random(seed)
     minimal = [len(p.minimal_thinking().split()) for p in problems]
-    reference = [len(p.reference_thinking(rng, config.check_prob, config.restate_prob).split()) for p in problems]
+    reference = [sum(len(s.words) for s in worked_segments(p, rng, config)) for p in problems]
     return {"minimal_mean": sum(minimal) / n, "reference_mean": sum(reference) / n,
             "minimal_max": max(minimal), "reference_max": max(reference)}
 
