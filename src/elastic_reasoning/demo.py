@@ -42,7 +42,7 @@ class DemoConfig:
     warmup_steps: int = 1500
     warmup_batch: int = 64
     warmup_lr: float = 3e-3
-    cut_fraction: float = 0.3
+    cut_fraction: float = 0.15
     """Share of warm-up examples whose thinking is cut at a random point (the solution finishes the steps)."""
     # GRPO
     grpo_steps: int = 100
@@ -53,13 +53,14 @@ class DemoConfig:
     """KL coefficient to the warm-up model (keeps what the warm-up knows when no budget applies)."""
     thinking_budget: int = 32
     """t*: just above the minimal trace of the hardest problems (8 terms: 29 tokens + its own </think>)."""
-    solution_budget: int = 40
-    """s*: room to finish the remaining steps after a cut and answer."""
+    solution_budget: int = 16
+    """s (E1's s*, and every evaluation's s, as in the paper): room to finish at most 3 remaining steps after a cut
+    and answer (``S + x = S' ...`` is 4 tokens a step, ``answer S`` and EOS 3 more). Smaller than the work of a whole
+    problem, as a solution budget is in the paper's setting: a solution cannot redo the thinking a cut removed, so
+    the thinking a model did before the cut is what counts."""
     vanilla_max_tokens: int = 160
     # evaluation
-    budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 48, 64])
-    eval_solution_budget: int = 40
-    """s at evaluation, for every model and thinking budget: room to finish all remaining steps after any cut."""
+    budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 40, 48, 64])
     eval_max_tokens: int = 256
     """Cap of the no-budget evaluation."""
     quick: bool = False
@@ -158,7 +159,7 @@ def evaluate(cfg: DemoConfig, model_dir: Path, seed: int) -> list[dict]:
         if budget is None:
             config = BudgetConfig(max_total_tokens=cfg.eval_max_tokens)
         else:
-            config = BudgetConfig(thinking_budget=budget, solution_budget=cfg.eval_solution_budget)
+            config = BudgetConfig(thinking_budget=budget, solution_budget=cfg.solution_budget)
         out = engine.generate(prompts, config, SamplingConfig(temperature=1.0, top_p=1.0, seed=seed))
         correct = [score_synthetic(c.solution, p.answer, thinking_ended=c.solution_index is not None,
                                    stopped=c.finish_reason == "stop") for c, p in zip(out, problems)]
@@ -219,8 +220,8 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
     models = [m for m in ("warmup", "vanilla", "e1") if (m, None) in by]
     lines = [
         f"Held-out problems: {cfg.heldout_problems}, sampling at T=1, {cfg.seeds} seeds (mean ± std). "
-        f"t* = {cfg.thinking_budget}, s* = {cfg.solution_budget} (E1's training budgets); evaluation with "
-        f"s = {cfg.eval_solution_budget}. Accuracy % "
+        f"t* = {cfg.thinking_budget} (E1's training budget); solution budget s = {cfg.solution_budget} in training "
+        "and in every evaluation. Accuracy % "
         "(thinking tokens in parentheses).",
         "",
         "| thinking budget | " + " | ".join(models) + " | minimal-trace ceiling |",
