@@ -195,6 +195,7 @@ def test_paper_recipes_load_with_the_official_hyperparameters():
     code = load_config(ROOT / "recipes/e1-code-14b.yaml")
     assert code.model.name_or_path == "agentica-org/DeepCoder-14B-Preview"
     assert (code.trainer["epsilon"], code.trainer["epsilon_high"], code.trainer["beta"]) == (0.2, 0.28, 0.0)
+    assert math.rollout.engine == code.rollout.engine == "vllm"  # budgets inside vLLM, as the official runs used vLLM
     assert load_config(ROOT / "recipes/toy.yaml", ["--rollout.engine", "vllm"]).rollout.engine == "vllm"
     with pytest.raises(ConfigError, match="rollout.engine"):
         load_config(ROOT / "recipes/toy.yaml", ["--rollout.engine", "sglang"])
