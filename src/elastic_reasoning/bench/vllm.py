@@ -9,7 +9,8 @@ For each prompt length, the same requests (greedy, so every mode emits the same 
 
 Ratios: ``overhead_vs_plain = one-pass / plain`` and ``two_call_over_one_pass = two-call / one-pass``. Runs are
 interleaved and medians compared; the prefix cache is emptied before every timed run so no mode inherits another's
-KV blocks. The default model is a random Llama (hidden 512, 8 layers, head size 64) built offline; ``--model``
+KV blocks. On the CPU the KV cache gets 4 GiB (``VLLM_CPU_KVCACHE_SPACE``, unless set): every request of a run must
+fit, or preemptions and recomputation would blur the comparison. The default model is a random Llama (hidden 512, 8 layers, head size 64) built offline; ``--model``
 measures any other. On a GPU machine the same command prints the same ratios.
 """
 
@@ -50,6 +51,12 @@ def run_vllm_bench(*, model: str | None = None, requests: int = 32, prompt_lengt
         if log is not None:
             print(msg, file=log, flush=True)
 
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     with tempfile.TemporaryDirectory() as tmp:
         name = model or "random-llama-512x8 (bench default)"
         path = model or _save_bench_model(Path(tmp) / "bench-model")
