@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 
 def synthetic_rows(num_problems: int = 2000, seed: int = 0, **options) -> list[dict]:
@@ -111,6 +111,11 @@ def build_trainer(cfg: TrainConfig):
         trainer_args.setdefault("use_cpu", True)
         trainer_args.setdefault("bf16", False)
     if cfg.rollout.engine == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError("rollout.engine vllm needs vLLM: `pip install elastic-reasoning[vllm]` on a GPU "
+                               "machine, or `make vllm-env` and .venv-vllm/bin/elastic-reasoning on a CPU machine")
         trainer_args["use_vllm"] = True
         trainer_args.setdefault("vllm_mode", "colocate")
     funcs, weights = build_rewards(cfg)
