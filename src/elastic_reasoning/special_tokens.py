@@ -57,3 +57,18 @@ def resolve_budget_tokens(tokenizer, config: BudgetConfig, extra_eos: Iterable[i
     answer_ids = encode_exact(tokenizer, config.answer_prefix, "answer prefix") if config.answer_prefix else ()
     return BudgetTokens(end_thinking_ids=end_ids, transition_ids=transition_ids, eos_ids=eos, pad_id=int(pad),
                         answer_prefix_ids=answer_ids)
+
+
+class BudgetTokenCache:
+    """``resolve_budget_tokens`` once per distinct set of budget texts, for one tokenizer (what every engine keeps)."""
+
+    def __init__(self, tokenizer, extra_eos: Iterable[int] | int | None = None):
+        self.tokenizer = tokenizer
+        self.extra_eos = extra_eos
+        self._cache: dict[tuple[str, str, str], BudgetTokens] = {}
+
+    def __call__(self, config: BudgetConfig) -> BudgetTokens:
+        key = (config.end_thinking, config.transition, config.answer_prefix)
+        if key not in self._cache:
+            self._cache[key] = resolve_budget_tokens(self.tokenizer, config, self.extra_eos)
+        return self._cache[key]

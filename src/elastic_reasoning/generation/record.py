@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from ..budget import BudgetRow, FinishReason
+from ..budget import BudgetConfig, BudgetRow, FinishReason
 
 _FROM_ROW = object()
 
@@ -34,6 +34,18 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def budgets_per_prompt(prompts: Sequence, budget: "BudgetConfig | Sequence[BudgetConfig]",
+                       num_samples: int) -> list[BudgetConfig]:
+    """The budget of each prompt of a ``generate`` call (one for all, or one each), after the checks every backend
+    makes of the call."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    budgets = [budget] * len(prompts) if isinstance(budget, BudgetConfig) else list(budget)
+    if len(budgets) != len(prompts):
+        raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
+    return budgets
 
 
 @dataclass

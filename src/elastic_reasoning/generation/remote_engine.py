@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..budget import BudgetConfig, BudgetTokens, EosInThinking, ThinkingEnd
+from ..special_tokens import BudgetTokenCache
 from .prompts import Prompt, render_prompt
-from .record import Completion, SamplingConfig
+from .record import Completion, SamplingConfig, budgets_per_prompt
 
 TextCallback = Callable[[int, str, str], None]  # (job, "thinking" | "solution", text delta)
 
@@ -87,7 +88,7 @@ class RemoteEngine:
         self.max_parallel = max_parallel
         self.model = model
         self.context_length = context_length
-        self._tokens_cache: dict[tuple, BudgetTokens] = {}
+        self._budget_tokens = BudgetTokenCache(tokenizer) if tokenizer is not None else None
         if model is None or context_length is None:
             self._discover()
 
@@ -119,12 +120,7 @@ class RemoteEngine:
     def budget_tokens(self, budget: BudgetConfig) -> BudgetTokens:
         if self.tokenizer is None:
             raise ValueError("budget tokens need a local tokenizer")
-        from ..special_tokens import resolve_budget_tokens
-
-        key = (budget.end_thinking, budget.transition, budget.answer_prefix)
-        if key not in self._tokens_cache:
-            self._tokens_cache[key] = resolve_budget_tokens(self.tokenizer, budget)
-        return self._tokens_cache[key]
+        return self._budget_tokens(budget)
 
     def generate(
         self,
@@ -147,11 +143,7 @@ class RemoteEngine:
         """
         if on_token is not None:
             raise ValueError("the remote engine streams text (on_text), not token ids")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        budgets = [budget] * len(prompts) if isinstance(budget, BudgetConfig) else list(budget)
-        if len(budgets) != len(prompts):
-            raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
+        budgets = budgets_per_prompt(prompts, budget, num_samples)
         jobs = []
         for p, (prompt, b) in enumerate(zip(prompts, budgets)):
             for s in range(num_samples):

@@ -23,9 +23,9 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..budget import BudgetConfig, BudgetRow, BudgetTokens, Phase
-from ..special_tokens import resolve_budget_tokens
+from ..special_tokens import BudgetTokenCache
 from .prompts import Prompt, render_prompt
-from .record import Completion, SamplingConfig
+from .record import Completion, SamplingConfig, budgets_per_prompt
 from .two_call import Part, completion_of, solution_row
 from .sampling import NEG_INF, model_logprobs, sample
 
@@ -134,8 +134,7 @@ class TransformersEngine:
         self.max_batch_size = max_batch_size
         self.device = next(model.parameters()).device
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        self._model_eos = gen_eos
-        self._tokens_cache: dict[tuple, BudgetTokens] = {}
+        self._budget_tokens = BudgetTokenCache(tokenizer, gen_eos)
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
             tokenizer.pad_token = tokenizer.eos_token
 
@@ -148,10 +147,7 @@ class TransformersEngine:
 
     # -- public API --------------------------------------------------------------------------------------------
     def budget_tokens(self, budget: BudgetConfig) -> BudgetTokens:
-        key = (budget.end_thinking, budget.transition, budget.answer_prefix)
-        if key not in self._tokens_cache:
-            self._tokens_cache[key] = resolve_budget_tokens(self.tokenizer, budget, self._model_eos)
-        return self._tokens_cache[key]
+        return self._budget_tokens(budget)
 
     def render(self, prompt: Prompt, budget: BudgetConfig) -> list[int]:
         return render_prompt(self.tokenizer, prompt, budget.start_thinking)
@@ -175,15 +171,11 @@ class TransformersEngine:
         (``job`` = prompt_index * num_samples + sample_index; streaming), and a job for which ``is_cancelled(job)``
         turns true stops at the next step with ``finish_reason == "abort"``, freeing its slot.
         """
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if mode not in ("single-pass", "two-call"):
             raise ValueError(f"unknown mode {mode!r} (single-pass or two-call)")
         if mode == "two-call" and (on_token is not None or is_cancelled is not None):
             raise ValueError("streaming and cancellation need the single-pass mode")
-        budgets = [budget] * len(prompts) if isinstance(budget, BudgetConfig) else list(budget)
-        if len(budgets) != len(prompts):
-            raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
+        budgets = budgets_per_prompt(prompts, budget, num_samples)
         rendered = [self.render(p, b) for p, b in zip(prompts, budgets)]
         jobs = [(p, s) for p in range(len(rendered)) for s in range(num_samples)]
         generator = self.make_generator(sampling)

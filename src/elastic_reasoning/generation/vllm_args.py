@@ -113,6 +113,13 @@ def parse_budget_args(extra_args: Mapping[str, Any]) -> RequestBudget:
                          _bool(extra_args, "stop_after_thinking"))
 
 
+def request_max_tokens(config: BudgetConfig, tokens: BudgetTokens, room: int) -> int:
+    """``max_tokens`` of a budgeted vLLM request with ``room`` tokens left in the context: the budgets' bound plus the
+    one stop token the processor forces to end a request whose budget is spent (a safety net; the processor ends it)."""
+    bound = config.max_new_tokens(tokens.forced_len)
+    return max(1, min(room, bound + 1 if bound is not None else room))
+
+
 def budget_extra_args(config: BudgetConfig, tokens: BudgetTokens | None = None, *, phase: Phase = Phase.THINKING,
                       stop_after_thinking: bool = False) -> dict[str, Any]:
     """The ``extra_args`` that ask the processor for ``config`` (ids included when already resolved)."""

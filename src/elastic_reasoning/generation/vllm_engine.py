@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..budget import BudgetConfig, BudgetRow, BudgetTokens, Phase
-from ..special_tokens import resolve_budget_tokens
+from ..special_tokens import BudgetTokenCache
 from .prompts import Prompt, render_prompt
-from .record import Completion, SamplingConfig
+from .record import Completion, SamplingConfig, budgets_per_prompt
 from .two_call import Part, completion_of, solution_row
-from .vllm_args import budget_extra_args
+from .vllm_args import budget_extra_args, request_max_tokens
 
 LOGITS_PROCESSOR = "elastic_reasoning.generation.vllm_processor:ElasticBudgetLogitsProcessor"
 """What to pass to ``vllm serve --logits-processors`` (or ``LLM(logits_processors=[...])``)."""
@@ -54,14 +54,14 @@ class VLLMEngine:
         config = getattr(llm, "llm_engine", None)
         model_config = getattr(getattr(config, "model_config", None), "max_model_len", None)
         self.max_model_len = max_model_len or model_config or 4096
-        self._model_eos = None
+        model_eos = None
         try:
             from transformers import GenerationConfig
 
-            self._model_eos = GenerationConfig.from_pretrained(self.model_path).eos_token_id
+            model_eos = GenerationConfig.from_pretrained(self.model_path).eos_token_id
         except Exception:  # noqa: BLE001 - a model without a generation config keeps the tokenizer's EOS
             pass
-        self._tokens_cache: dict[tuple, BudgetTokens] = {}
+        self._budget_tokens = BudgetTokenCache(self.tokenizer, model_eos)
         mode = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "logprobs_mode", None)
         # An LLM made elsewhere (TRL's colocate mode) may report processed log-probs: 0.0 for a forced token.
         self.forced_logprobs_known = str(getattr(mode, "value", mode) or "raw_logprobs") == "raw_logprobs"
@@ -99,10 +99,7 @@ class VLLMEngine:
 
     # -- public API (the transformers engine's) ----------------------------------------------------------------
     def budget_tokens(self, budget: BudgetConfig) -> BudgetTokens:
-        key = (budget.end_thinking, budget.transition, budget.answer_prefix)
-        if key not in self._tokens_cache:
-            self._tokens_cache[key] = resolve_budget_tokens(self.tokenizer, budget, self._model_eos)
-        return self._tokens_cache[key]
+        return self._budget_tokens(budget)
 
     def render(self, prompt: Prompt, budget: BudgetConfig) -> list[int]:
         return render_prompt(self.tokenizer, prompt, budget.start_thinking)
@@ -124,15 +121,11 @@ class VLLMEngine:
         With ``sampling.seed`` set, every request gets its own seed drawn from it (vLLM seeds per request), so the
         same call gives the same tokens whatever else shares vLLM's batch. Streaming and cancellation are not offered
         offline: serve through ``vllm serve`` with the processor and this project's server in upstream mode."""
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if mode not in ("single-pass", "two-call"):
             raise ValueError(f"unknown mode {mode!r} (single-pass or two-call)")
         if on_token is not None or is_cancelled is not None:
             raise ValueError("the vLLM engine does not stream or cancel offline; serve through vllm serve instead")
-        budgets = [budget] * len(prompts) if isinstance(budget, BudgetConfig) else list(budget)
-        if len(budgets) != len(prompts):
-            raise ValueError(f"{len(budgets)} budgets for {len(prompts)} prompts")
+        budgets = budgets_per_prompt(prompts, budget, num_samples)
         rendered = [self.render(p, b) for p, b in zip(prompts, budgets)]
         jobs = [(p, s) for p in range(len(rendered)) for s in range(num_samples)]
         prompt_ids = [rendered[p] for p, _ in jobs]
@@ -191,15 +184,13 @@ class VLLMEngine:
             if room <= 0:
                 raise ValueError(f"prompt of {len(ids)} tokens leaves no room in the model's context of "
                                  f"{self.max_model_len}")
-            bound = row.config.max_new_tokens(row.tokens.forced_len)
             requests.append({"prompt_token_ids": list(ids)})
             params.append(SamplingParams(
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 top_k=sampling.top_k if sampling.top_k > 0 else 0,
                 seed=seeds[i],
-                # + 1: the stop token the processor forces once the budget is spent (dropped below)
-                max_tokens=max(1, min(room, bound + 1 if bound is not None else room)),
+                max_tokens=request_max_tokens(row.config, row.tokens, room),
                 logprobs=0,
                 skip_special_tokens=False,
                 detokenize=False,

@@ -125,7 +125,7 @@ class ElasticBudgetLogitsProcessor(LogitsProcessor):
                 continue
             if row.phase != Phase.THINKING:
                 continue
-            rule = EosInThinking(row.config.eos_in_thinking)
+            rule = row.config.eos_in_thinking  # an EosInThinking already (BudgetConfig converts it)
             if rule == EosInThinking.END_THINKING:
                 merge.setdefault(tracked.eos, []).append((index, row.eos_replacement(), tracked.greedy))
             elif rule == EosInThinking.SUPPRESS:

@@ -30,8 +30,8 @@ from collections.abc import Callable
 import torch
 
 from ..budget import BudgetConfig
-from ..generation.record import Completion, SamplingConfig
 from ..generation.prompts import render_prompt
+from ..generation.record import Completion, SamplingConfig
 from ..generation.transformers_engine import TransformersEngine
 from ..generation.two_call import completion_of
 from .config import RolloutConfig
@@ -126,7 +126,7 @@ def server_rollouts(client, tokenizer, prompts: list, budget: BudgetConfig, samp
     through the state machine for its mask and counts, as the offline engine does."""
     from ..budget import BudgetRow
     from ..special_tokens import resolve_budget_tokens
-    from ..generation.vllm_args import budget_extra_args
+    from ..generation.vllm_args import budget_extra_args, request_max_tokens
     from ..generation.vllm_engine import replay
 
     tokens = resolve_budget_tokens(tokenizer, budget)
@@ -134,7 +134,6 @@ def server_rollouts(client, tokenizer, prompts: list, budget: BudgetConfig, samp
     groups: dict[tuple[int, ...], list[int]] = {}
     for k, ids in enumerate(rendered):
         groups.setdefault(tuple(ids), []).append(k)
-    bound = budget.max_new_tokens(tokens.forced_len)
     out: list[Completion | None] = [None] * len(prompts)
     for g, (ids, members) in enumerate(groups.items()):
         room = (max_model_len or 1 << 30) - len(ids)
@@ -143,7 +142,7 @@ def server_rollouts(client, tokenizer, prompts: list, budget: BudgetConfig, samp
             kwargs["seed"] = sampling.seed + 7919 * g
         result = client.generate([list(ids)], n=len(members), temperature=sampling.temperature or 0.0,
                                  top_p=sampling.top_p, top_k=sampling.top_k, logprobs=0,
-                                 max_tokens=max(1, min(room, bound + 1 if bound is not None else room)),
+                                 max_tokens=request_max_tokens(budget, tokens, room),
                                  generation_kwargs=kwargs)
         for k, completion_ids, logprobs in zip(members, result["completion_ids"], result["logprobs"]):
             row = BudgetRow(budget, tokens)
