@@ -55,7 +55,12 @@ def test_scripted_model_closing_early_is_never_forced(scripted_engine):
 # -- the tiny random model: properties -------------------------------------------------------------------------
 def _check_invariants(c, budget: BudgetConfig, end_id: int):
     assert len(c.completion_ids) == len(c.sampled_mask) == len(c.logprobs)
-    assert all(lp <= 1e-6 and lp == lp and lp > float("-inf") for lp in c.logprobs)
+    for lp, sampled in zip(c.logprobs, c.sampled_mask):  # the one definition (record.py): NaN for forced tokens
+        assert (lp <= 1e-6 and lp > float("-inf")) if sampled else lp != lp
+    e, si, n = c.end_thinking_index, c.solution_index, len(c.completion_ids)
+    assert (e is None) == (si is None) == (not c.thinking_ended)  # a completion from the start of thinking
+    if e is not None:
+        assert 0 <= e < si <= n
     if budget.thinking_budget is not None:
         assert c.thinking_tokens <= budget.thinking_budget
         sampled_thinking = sum(c.sampled_mask[: c.end_thinking_index]) if c.end_thinking_index is not None else sum(c.sampled_mask)
@@ -106,7 +111,7 @@ def test_one_pass_equals_two_call_under_greedy(toy_engine, t, s):
     assert [c.completion_ids for c in one] == [c.completion_ids for c in two]
     assert [c.sampled_mask for c in one] == [c.sampled_mask for c in two]
     for a, b in zip(one, two):
-        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4, nan_ok=True)
         assert (a.thinking_tokens, a.solution_tokens, a.finish_reason) == (b.thinking_tokens, b.solution_tokens, b.finish_reason)
 
 
@@ -128,17 +133,27 @@ def test_batch_size_limit_and_left_padding_do_not_change_greedy_tokens(toy_engin
     assert [c.completion_ids for c in batched] == [c.completion_ids for c in alone]
 
 
-@pytest.mark.parametrize("sampling", [GREEDY, SamplingConfig(temperature=0.8, top_p=1.0, seed=5)], ids=["greedy", "T=0.8"])
-def test_logprobs_are_the_models_own_for_forced_and_sampled_tokens(toy_engine, sampling):
-    """Recompute every completion token's log-prob with one full forward pass over prompt + completion."""
+@pytest.mark.parametrize("sampling", [GREEDY, SamplingConfig(temperature=0.8, top_p=1.0, seed=5),
+                                      SamplingConfig(temperature=0.6, top_p=0.95, top_k=40, seed=5)],
+                         ids=["greedy", "T=0.8", "T=0.6,top-p,top-k"])
+def test_logprobs_are_the_sampling_distributions_and_nan_for_forced_tokens(toy_engine, sampling):
+    """Recompute every completion token's log-prob with one full forward pass over prompt + completion: a sampled
+    token's is its log-prob under the filtered distribution it was drawn from, a forced token's is NaN."""
+    from elastic_reasoning.generation.sampling import filtered_scores
+
     c = toy_engine.generate(["Add 12 and 30."], BudgetConfig(thinking_budget=6, solution_budget=5), sampling)[0]
     assert 0 in c.sampled_mask  # the cut forced a token
+    assert c.logprobs_kind == "sampling"
     ids = torch.tensor([c.prompt_ids + c.completion_ids])
     with torch.no_grad():
         logits = toy_engine.model(ids).logits[0, len(c.prompt_ids) - 1 : -1]  # (N, V): predicts each completion token
-    scale = 1.0 if sampling.greedy else sampling.temperature
-    expected = torch.log_softmax(logits / scale, -1).gather(1, torch.tensor(c.completion_ids)[:, None]).squeeze(1)
-    assert c.logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+    expected = torch.log_softmax(filtered_scores(logits, sampling), -1).gather(
+        1, torch.tensor(c.completion_ids)[:, None]).squeeze(1)
+    for got, want, sampled in zip(c.logprobs, expected.tolist(), c.sampled_mask):
+        if sampled:
+            assert got == pytest.approx(want, abs=1e-4)
+        else:
+            assert got != got
 
 
 def test_prompt_is_rendered_with_the_chat_template_and_opens_thinking(toy_engine):

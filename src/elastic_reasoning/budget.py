@@ -22,6 +22,8 @@ What counts against which budget (tested in tests/test_budget.py):
   ``max_tokens`` convention). When ``s`` is spent without EOS the completion ends with ``finish_reason="length"``
   and no EOS is appended.
 * ``max_total_tokens`` (optional) caps everything emitted, sampled and forced; it is what "plain truncation" uses.
+  When it ends a completion while the end of thinking is being forced, the sequence is not in the completion and
+  ``end_thinking_index``/``solution_index`` are ``None`` (the record's ``thinking_ended`` is False).
 
 An EOS sampled while thinking (:class:`EosInThinking`): the paper's principle is that the solution always gets its
 own budget, so by default (``END_THINKING``) the EOS is *replaced* by the end-of-thinking sequence (forced, marked
@@ -95,6 +97,15 @@ class BudgetConfig:
     """Rule for an EOS sampled while thinking."""
     max_total_tokens: int | None = None
     """Optional cap on all emitted tokens (sampled and forced)."""
+
+    @classmethod
+    def plain(cls, max_total_tokens: int | None, *, end_thinking: str = "</think>",
+              start_thinking: str = "<think>") -> "BudgetConfig":
+        """Plain decoding under one total cap, as a decoder without budgets does: nothing is forced and an EOS
+        anywhere ends the completion. The ``truncate`` and ``vanilla`` baselines of training and of evaluation
+        (and L1's hard cap) all decode with this one config."""
+        return cls(max_total_tokens=max_total_tokens, eos_in_thinking=EosInThinking.STOP, end_thinking=end_thinking,
+                   start_thinking=start_thinking)
 
     def __post_init__(self) -> None:
         for name in ("thinking_budget", "solution_budget", "max_total_tokens"):
@@ -326,6 +337,11 @@ class BudgetRow:
             self._finish(FinishReason.LENGTH)
 
     def _finish(self, reason: FinishReason) -> None:
+        if self.solution_index is not None and self.emitted < self.solution_index:
+            # Stopped (total cap, abort) while the end of thinking was still being forced: it is not in the
+            # completion, so no index may point at it (``thinking_end`` still says why thinking stopped).
+            self.end_thinking_index = None
+            self.solution_index = None
         self.phase = Phase.DONE
         self.finish_reason = reason
         self._queue.clear()

@@ -149,9 +149,9 @@ def evaluate(cfg: DemoConfig, model_dir: Path, seed: int) -> list[dict]:
     from .budget import BudgetConfig
     from .data.synthetic import generate_problems, score_synthetic
     from .generation.record import SamplingConfig
-    from .generation.transformers_engine import TransformersEngine
+    from .generation.engines import load_engine
 
-    engine = TransformersEngine.from_pretrained(str(model_dir), device="cpu", max_batch_size=256)
+    engine = load_engine(str(model_dir), "transformers", device="cpu", max_batch_size=256)
     problems = generate_problems(cfg.heldout_problems, "test", seed=0)
     prompts = [p.prompt for p in problems]
     rows = []
@@ -161,7 +161,7 @@ def evaluate(cfg: DemoConfig, model_dir: Path, seed: int) -> list[dict]:
         else:
             config = BudgetConfig(thinking_budget=budget, solution_budget=cfg.solution_budget)
         out = engine.generate(prompts, config, SamplingConfig(temperature=1.0, top_p=1.0, seed=seed))
-        correct = [score_synthetic(c.solution, p.answer, thinking_ended=c.solution_index is not None,
+        correct = [score_synthetic(c.solution, p.answer, thinking_ended=c.thinking_ended,
                                    stopped=c.finish_reason == "stop") for c, p in zip(out, problems)]
         n = len(out)
         rows.append({

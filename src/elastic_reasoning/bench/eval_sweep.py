@@ -30,13 +30,13 @@ def run_eval_sweep_bench(*, model: str = "toy", thinking_budgets=(32, 64, 96, 12
     if threads:  # one thread: a tiny model gains nothing from more, and a shared machine's load hurts them most
         torch.set_num_threads(threads)
 
-    from ..generation.transformers_engine import TransformersEngine
+    from ..generation.engines import load_engine
 
     def say(msg):
         if log is not None:
             print(msg, file=log, flush=True)
 
-    engine = TransformersEngine.from_pretrained(model, device="cpu", dtype=torch.float32)
+    engine = load_engine(model, "transformers", device="cpu", dtype=torch.float32)
     points = method_points("elastic", list(thinking_budgets), solution_budget)
     rows = [engine.render(p.prompt, points[0].config) for p in load_dataset("synthetic", limit=problems)
             for _ in range(samples)]

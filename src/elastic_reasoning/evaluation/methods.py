@@ -6,8 +6,9 @@ For a sweep value ``t`` (``--thinking-budgets``) and the solution budget ``s`` (
 method     budget config                                                         prompt
 ========== ===================================================================== ==========================
 elastic    ``thinking_budget=t, solution_budget=s`` (separate budgeting)          unchanged
-truncate   ``max_total_tokens=t+s``: one total budget, whatever was produced      unchanged
-           when it runs out is the answer (a cut thinking has no solution: 0)
+truncate   ``BudgetConfig.plain(t+s)``: one total budget, whatever was produced  unchanged
+           when it runs out is the answer; an EOS anywhere ends it (training's
+           truncate baseline decodes the same way)
 s1         ``thinking_budget=t, solution_budget=s, answer_prefix="Final           unchanged
            Answer:"``: budget forcing, the answer prefix forced after the cut
 l1         ``max_total_tokens=2N`` with ``N = t+s``: L1's hard cap of twice the   ``"Think for N tokens."``
@@ -79,14 +80,13 @@ def method_points(method: str, thinking_budgets: list[int] | tuple[int, ...], so
             config = dataclasses.replace(base, thinking_budget=t, solution_budget=solution_budget,
                                          max_total_tokens=None, answer_prefix=answer_prefix)
             points.append(MethodPoint(method, t, config))
-        elif method == "truncate":
-            config = dataclasses.replace(base, thinking_budget=None, solution_budget=None,
-                                         max_total_tokens=t + solution_budget, answer_prefix="")
+        elif method == "truncate":  # plain decoding under t + s: the same config as training's truncate baseline
+            config = BudgetConfig.plain(t + solution_budget, end_thinking=base.end_thinking,
+                                        start_thinking=base.start_thinking)
             points.append(MethodPoint(method, t, config))
-        else:  # l1
+        else:  # l1: plain decoding with L1's hard cap of twice the asked length
             n = t + solution_budget
-            config = dataclasses.replace(base, thinking_budget=None, solution_budget=None, max_total_tokens=2 * n,
-                                         answer_prefix="")
+            config = BudgetConfig.plain(2 * n, end_thinking=base.end_thinking, start_thinking=base.start_thinking)
             points.append(MethodPoint(method, t, config, prompt_suffix=l1_prompt.format(n=n)))
     return points
 

@@ -260,22 +260,12 @@ def run_eval(config: EvalConfig, *, engine=None, log: TextIO | None = sys.stderr
 
 
 def _make_engine(config: EvalConfig):
-    if config.endpoint:
-        from transformers import AutoTokenizer
-
-        from ..generation.remote_engine import RemoteEngine
-
-        source = config.tokenizer or config.model
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"--endpoint needs a local tokenizer to render prompts: cannot load one from {source!r} "
-                             f"({str(err).splitlines()[0]}); pass --tokenizer PATH") from None
-        return RemoteEngine(config.endpoint, model=config.model, tokenizer=tokenizer,
-                            api_key=config.api_key or os.environ.get("OPENAI_API_KEY"),
-                            max_parallel=config.max_batch_size)
     from ..generation.engines import load_engine
 
+    if config.endpoint:
+        return load_engine(config.model, "remote", endpoint=config.endpoint, tokenizer=config.tokenizer or config.model,
+                           api_key=config.api_key or os.environ.get("OPENAI_API_KEY"),
+                           max_batch_size=config.max_batch_size)
     return load_engine(config.model, config.backend, dtype=config.dtype, device=config.device,
                        max_batch_size=config.max_batch_size)
 
@@ -340,7 +330,8 @@ def _run_unit(config: EvalConfig, engine, scorer, chunk: list[Problem], ci: int,
             "forced_tokens": c.forced_tokens, "total_tokens": c.total_tokens,
             "thinking_truncated": c.thinking_truncated, "thinking_end": c.thinking_end,
             # cut by any budget: the thinking budget, or a total cap that stopped it before it ended (truncate, l1)
-            "thinking_cut": c.thinking_truncated or (c.thinking_end is None and c.finish_reason == "length"),
+            "thinking_cut": c.thinking_truncated or (not c.thinking_ended and c.finish_reason == "length"),
+            "thinking_ended": c.thinking_ended,
             "finish_reason": c.finish_reason, "tokens_generated": decoded[(k, j)],
             "thinking": c.thinking, "solution": c.solution,
         }

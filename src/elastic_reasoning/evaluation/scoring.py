@@ -46,7 +46,7 @@ class Scorer:
 
         res = []
         for p, c in zip(problems, completions):
-            s = score_synthetic(c.solution, p.answer, thinking_ended=c.end_thinking_index is not None,
+            s = score_synthetic(c.solution, p.answer, thinking_ended=c.thinking_ended,
                                 stopped=c.finish_reason == "stop")
             res.append({"score": s, "correct": s >= 1.0})
         return res
@@ -71,7 +71,7 @@ class Scorer:
             prompts=[p.prompt for p in problems],
             completions=[c.solution for c in completions],
             solution=[c.solution for c in completions],
-            thinking_ended=[c.end_thinking_index is not None for c in completions],
+            thinking_ended=[c.thinking_ended for c in completions],
             log_extra=lambda name, values: extras.__setitem__(name, list(values)),
             **columns,
         )

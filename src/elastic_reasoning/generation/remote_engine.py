@@ -37,7 +37,8 @@ from urllib.parse import urlsplit
 from ..budget import BudgetConfig, BudgetTokens, EosInThinking, ThinkingEnd
 from ..special_tokens import BudgetTokenCache
 from .prompts import Prompt, render_prompt
-from .record import Completion, SamplingConfig, budgets_per_prompt
+from .seeds import derive_seed
+from .record import LOGPROBS_UNAVAILABLE, Completion, SamplingConfig, budgets_per_prompt
 
 TextCallback = Callable[[int, str, str], None]  # (job, "thinking" | "solution", text delta)
 
@@ -148,7 +149,7 @@ class RemoteEngine:
         for p, (prompt, b) in enumerate(zip(prompts, budgets)):
             for s in range(num_samples):
                 index = p * num_samples + s
-                seed = None if sampling.seed is None else (sampling.seed + index) % 2**63
+                seed = None if sampling.seed is None else derive_seed(sampling.seed, slot=index)
                 jobs.append(_Job(index, prompt, b, sampling, seed, on_text, is_cancelled, {"sample_index": s,
                                                                                            "prompt_index": p}))
         if not jobs:
@@ -307,9 +308,11 @@ class RemoteEngine:
         if second is not None:  # the answer prefix is forced: only what phase 2 sampled counts
             solution_tokens = _count(second.completion_tokens, self._encode(second.text) if self.tokenizer else None)
         ids, mask = [], []
+        solution_at = 0
         if self.tokenizer is not None:
             raw = thinking_raw if thinking_raw is not None else thinking
             parts = [(self._encode(raw), 1), (self._encode(forced), 0)]
+            solution_at = sum(len(p) for p, _ in parts)
             if second is not None:
                 parts.append((self._encode(second.text), 1))
             for part_ids, sampled in parts:
@@ -318,15 +321,17 @@ class RemoteEngine:
         emitted = (first.completion_tokens or 0) + forced_tokens + ((second.completion_tokens or 0) if second else 0)
         info = {"completion_tokens": emitted, **job.extra, **(extra or {})}
         info.setdefault("prompt_tokens", first.prompt_tokens)
-        end_index = len(self._encode(thinking)) if ended and self.tokenizer is not None else (0 if ended else None)
+        end_index = min(len(self._encode(thinking)), len(ids)) if ended and self.tokenizer is not None else 0
+        solution_index = max(end_index, min(solution_at, len(ids)))
         return Completion(
             prompt_index=job.extra.get("prompt_index", job.index), sample_index=job.extra.get("sample_index", 0),
             prompt_ids=[], completion_ids=ids, sampled_mask=mask, logprobs=[math.nan] * len(ids),
             thinking_tokens=thinking_tokens, solution_tokens=solution_tokens, forced_tokens=forced_tokens,
             thinking_truncated=thinking_end == ThinkingEnd.BUDGET,
             thinking_end=thinking_end.value if thinking_end else None, finish_reason=finish,
-            end_thinking_index=end_index if ended else None, solution_index=end_index if ended else None,
+            end_thinking_index=end_index if ended else None, solution_index=solution_index if ended else None,
             thinking=thinking, solution=solution, extra=info,
+            logprobs_kind=LOGPROBS_UNAVAILABLE,  # the upstream is not asked for log-probs: every entry is NaN
         )
 
 

@@ -1,7 +1,7 @@
 """Token sampling with log-probs, batched: temperature, top-k, top-p, greedy. Shared by the torch engines.
 
-The functions never modify ``logits`` in place, so the caller can still read the model's raw log-probs afterwards
-(for forced tokens).
+The functions never modify ``logits`` in place. The log-prob they return is the one ``Completion.logprobs`` holds
+(see :mod:`.record`): the drawn token's log-probability under the distribution it was drawn from.
 """
 
 from __future__ import annotations
@@ -51,10 +51,3 @@ def sample(
     probs = torch.softmax(scores, dim=-1)  # (B, V): one pass, as plain sampling does
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return tokens, probs.gather(1, tokens[:, None]).squeeze(1).log()
-
-
-def model_logprobs(logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
-    """The model's own log-prob of ``tokens`` in ``rows`` at the sampling temperature, before any filtering."""
-    scale = 1.0 if sampling.greedy else sampling.temperature
-    picked = logits[rows] / scale  # (R, V)
-    return picked.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(picked, dim=-1)

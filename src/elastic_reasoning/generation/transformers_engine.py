@@ -16,7 +16,9 @@ calls.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -25,9 +27,10 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from ..budget import BudgetConfig, BudgetRow, BudgetTokens, Phase
 from ..special_tokens import BudgetTokenCache
 from .prompts import Prompt, render_prompt
+from .seeds import fresh_seed
 from .record import Completion, SamplingConfig, budgets_per_prompt
 from .two_call import Part, completion_of, solution_row
-from .sampling import NEG_INF, model_logprobs, sample
+from .sampling import NEG_INF, sample
 
 Mode = Literal["single-pass", "two-call"]
 TokenCallback = Callable[[int, int, bool], None]  # (job, token_id, forced)
@@ -64,7 +67,8 @@ class BudgetLogitsProcessor(LogitsProcessor):
         self._last: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = scores  # raw: generate adds no processor of its own in greedy mode with a clean config
+        logits = scores  # raw: _decode gives generate a clean config and use_model_defaults=False, so no processor of
+        # its own (nor any from the checkpoint's generation_config.json) ran before this one
         rows = self.rows
         banned = None
         if self._suppress:
@@ -76,9 +80,8 @@ class BudgetLogitsProcessor(LogitsProcessor):
         logp_list = sampled_logp.tolist()
 
         chosen: list[int] = []
-        forced_rows: list[int] = []
-        forced_tokens: list[int] = []
         cancelled = self.is_cancelled
+        nan = float("nan")
         for i, row in enumerate(rows):
             if cancelled is not None and row.phase != Phase.DONE and cancelled(self.job_ids[i]):
                 row.abort()
@@ -89,20 +92,9 @@ class BudgetLogitsProcessor(LogitsProcessor):
             chosen.append(token)
             self.ids[i].append(token)
             self.mask[i].append(0 if forced else 1)
-            if forced:
-                forced_rows.append(i)
-                forced_tokens.append(token)
-                self.logprobs[i].append(0.0)  # filled in below
-            else:
-                self.logprobs[i].append(logp_list[i])
+            self.logprobs[i].append(nan if forced else logp_list[i])  # forced: never drawn (see record.py)
             if self.on_token is not None:
                 self.on_token(self.job_ids[i], token, forced)
-        if forced_rows:
-            own = model_logprobs(
-                logits, torch.tensor(forced_rows), torch.tensor(forced_tokens, device=logits.device), self.sampling
-            ).tolist()
-            for i, lp in zip(forced_rows, own):
-                self.logprobs[i][-1] = lp
 
         # One-hot scores: generate's argmax picks exactly the chosen tokens. The buffer is reused across steps.
         chosen_t = torch.tensor(chosen, device=logits.device)[:, None]
@@ -113,6 +105,30 @@ class BudgetLogitsProcessor(LogitsProcessor):
         self._onehot.scatter_(1, chosen_t, 0.0)
         self._last = chosen_t
         return self._onehot
+
+
+_FENCE_LOCK = threading.RLock()
+
+
+@contextmanager
+def checkpoint_sampling_fenced(model):
+    """Decode with none of the checkpoint's ``generation_config.json``.
+
+    ``generate`` fills every field its caller left unset from ``model.generation_config`` (transformers 5: any
+    ``None`` field, and most neutral values are ``None``), so a checkpoint's repetition penalty, n-gram ban, min
+    length, bad words or forced BOS/EOS would add processors that run *before* the budget processor and change both
+    what is sampled and the log-probs reported (REFERENCE.md section 7). For the duration of the call the model's
+    config is a blank ``GenerationConfig`` (nothing to merge) and is restored afterwards; a lock keeps concurrent
+    callers from restoring each other's blank config. ``tests/test_engine_contract.py`` checks that a hostile
+    ``generation_config.json`` changes no token and no log-prob.
+    """
+    with _FENCE_LOCK:
+        saved = getattr(model, "generation_config", None)
+        model.generation_config = GenerationConfig()
+        try:
+            yield
+        finally:
+            model.generation_config = saved
 
 
 class BudgetStoppingCriteria(StoppingCriteria):
@@ -200,11 +216,12 @@ class TransformersEngine:
         return out
 
     def make_generator(self, sampling: SamplingConfig) -> torch.Generator | None:
-        """The sampler's own random generator, seeded from ``sampling.seed`` (None under greedy)."""
+        """The sampler's own random generator, seeded from ``sampling.seed`` (None under greedy). Without a seed it
+        is seeded from the operating system's entropy: torch's global generator is neither read nor reseeded."""
         if sampling.greedy:
             return None
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
+        generator.manual_seed(sampling.seed if sampling.seed is not None else fresh_seed())
         return generator
 
     def continue_ids(
@@ -282,7 +299,7 @@ class TransformersEngine:
             top_p=None,
             top_k=None,
         )
-        with torch.inference_mode():
+        with torch.inference_mode(), checkpoint_sampling_fenced(self.model):
             self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),

@@ -344,14 +344,14 @@ async def _serve(request: Request, model: ServedModel, metrics: Metrics, config:
     if endpoint == "chat":
         out = []
         for i, (c, choice) in enumerate(zip(completions, choices)):
-            final = choice.final_texts(c.thinking, c.solution, c.end_thinking_index is not None)
+            final = choice.final_texts(c.thinking, c.solution, c.thinking_ended)
             out.append(ChatChoice(index=i, message=ChatMessageOut(content=final["content"],
                                                                   reasoning_content=final["reasoning_content"]),
                                   **_finish(c, choice)))
         return _json(ChatCompletionResponse(choices=out, **common))
     out = []
     for i, (c, choice) in enumerate(zip(completions, choices)):
-        final = choice.final_texts(c.thinking, c.solution, c.end_thinking_index is not None)
+        final = choice.final_texts(c.thinking, c.solution, c.thinking_ended)
         out.append(TextChoice(index=i, text=final["text"], reasoning_content=None if plain else c.thinking,
                               content=None if plain else c.solution, **_finish(c, choice)))
     return _json(CompletionResponse(choices=out, **common))
@@ -528,7 +528,7 @@ async def _chat_stream(model, metrics, body, works, prompts, resolved, events, s
             all_completions += completions
             for choice, c in zip(work.choices, completions):
                 index = works.index(work) * body.n + work.choices.index(choice)
-                final = choice.final_texts(c.thinking, c.solution, c.end_thinking_index is not None)
+                final = choice.final_texts(c.thinking, c.solution, c.thinking_ended)
                 for channel, text in choice.remainders(final):
                     yield chunk(index, {channel: text})
                 yield chunk(index, {}, _finish(c, choice))
@@ -568,7 +568,7 @@ async def _text_stream(model, metrics, body, works, prompts, resolved, events, s
             all_completions += completions
             for choice, c in zip(work.choices, completions):
                 index = works.index(work) * body.n + work.choices.index(choice)
-                final = choice.final_texts(c.thinking, c.solution, c.end_thinking_index is not None)
+                final = choice.final_texts(c.thinking, c.solution, c.thinking_ended)
                 for _channel, text in choice.remainders(final):
                     yield chunk(index, text)
                 yield chunk(index, "", _finish(c, choice))
@@ -616,9 +616,9 @@ def _make_metrics(models: list[ServedModel]) -> Metrics:
 # -- running it --------------------------------------------------------------------------------------------------
 def build_local_model(model: str, *, name: str | None = None, defaults: ModelDefaults | None = None,
                       dtype=None, device: str | None = None, max_batch_size: int = 16) -> ServedModel:
-    from ..generation.transformers_engine import TransformersEngine
+    from ..generation.engines import load_engine
 
-    engine = TransformersEngine.from_pretrained(model, dtype=dtype, device=device, max_batch_size=max_batch_size)
+    engine = load_engine(model, "transformers", dtype=dtype, device=device, max_batch_size=max_batch_size)
     return ServedModel(name=name or _display_name(model), engine=engine, defaults=defaults or ModelDefaults(),
                        aliases=(model,))
 
@@ -626,16 +626,10 @@ def build_local_model(model: str, *, name: str | None = None, defaults: ModelDef
 def build_upstream_model(upstream: str, *, tokenizer: str | None, upstream_model: str | None = None,
                          name: str | None = None, api_key: str | None = None, defaults: ModelDefaults | None = None,
                          context_length: int | None = None) -> ServedModel:
-    from ..generation.remote_engine import RemoteEngine
+    from ..generation.engines import load_engine
 
-    tok = None
-    if tokenizer is not None:
-        from transformers import AutoTokenizer
-
-        from ..models import resolve_model_path
-
-        tok = AutoTokenizer.from_pretrained(resolve_model_path(tokenizer))
-    engine = RemoteEngine(upstream, model=upstream_model, api_key=api_key, tokenizer=tok, context_length=context_length)
+    engine = load_engine(upstream_model, "remote", endpoint=upstream, tokenizer=tokenizer, api_key=api_key,
+                         context_length=context_length)
     label = name or _display_name(upstream_model or engine.model)
     return ServedModel(name=label, engine=engine, defaults=defaults or ModelDefaults(),
                        aliases=tuple(a for a in (upstream_model, tokenizer) if a))

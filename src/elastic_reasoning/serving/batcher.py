@@ -293,7 +293,7 @@ class Batcher:
             mine = completions[k : k + work.n]
             k += work.n
             for choice, c in zip(work.choices, mine):
-                if c.end_thinking_index is None and not self.streams_text:
+                if not c.thinking_ended and not self.streams_text:
                     choice.finish_thinking_tokens()
             out.append(mine)
         return out
