@@ -58,6 +58,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus mass (default 0.95)")
     g.add_argument("--top-k", type=_non_negative_int, default=0, help="0 = off")
     g.add_argument("--seed", type=int, default=None, help="the same seed gives the same tokens")
+    g.add_argument("--sampling-from-checkpoint", action="store_true",
+                   help="sample with the temperature/top-p/top-k of the model's generation_config.json instead of "
+                        "--temperature/--top-p/--top-k (by default a checkpoint's sampling fields are ignored); a "
+                        "field the engines cannot apply exactly (repetition penalty, n-gram bans...) is an error")
 
 
 def _add_backend_arg(p: argparse.ArgumentParser) -> None:
@@ -227,9 +231,24 @@ def budget_from_args(args):
 
 
 def sampling_from_args(args):
+    """The SamplingConfig the command samples with: the flags, or the checkpoint's own with
+    --sampling-from-checkpoint (applied explicitly and printed to stderr, so the run records it)."""
     from .generation.record import SamplingConfig
 
-    return SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    if not getattr(args, "sampling_from_checkpoint", False):
+        return SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    from transformers import GenerationConfig
+
+    from .models import resolve_model_path
+
+    try:
+        generation_config = GenerationConfig.from_pretrained(resolve_model_path(args.model))
+    except OSError as err:
+        raise CliError(f"--sampling-from-checkpoint: {args.model} has no readable generation_config.json "
+                       f"({str(err).splitlines()[0]})") from None
+    sampling = SamplingConfig.from_generation_config(generation_config, seed=args.seed)
+    print(f"sampling from the checkpoint's generation_config.json: {sampling.describe()}", file=sys.stderr)
+    return sampling
 
 
 def cmd_generate(args) -> int:
@@ -465,12 +484,13 @@ def cmd_eval(args) -> int:
         if not sep or not name:
             raise CliError(f"--dataset-option must be KEY=VALUE, got {item!r}")
         options[name.strip()] = value.strip()
+    sampling = sampling_from_args(args)
     config = EvalConfig(
         model=args.model, dataset=args.dataset, method=args.method,
         thinking_budgets=tuple(_int_list(args.thinking_budgets, "--thinking-budgets")),
         solution_budget=args.solution_budget, samples=args.samples, limit=args.limit, seed=args.seed,
-        output=args.output, independent=args.independent, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, end_thinking=args.end_thinking, start_thinking=args.start_thinking,
+        output=args.output, independent=args.independent, temperature=sampling.temperature, top_p=sampling.top_p,
+        top_k=sampling.top_k, end_thinking=args.end_thinking, start_thinking=args.start_thinking,
         transition=args.transition, eos_in_thinking=args.eos_in_thinking, answer_prefix=args.answer_prefix,
         l1_prompt=args.l1_prompt, max_tokens=args.max_tokens, data_file=args.data_file, dataset_options=options,
         model_name=args.model_name, endpoint=args.endpoint, tokenizer=args.tokenizer,
