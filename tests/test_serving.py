@@ -537,3 +537,22 @@ def test_serve_without_a_model_is_a_one_line_error():
     from elastic_reasoning.cli import main
 
     assert main(["serve"]) == 2
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 1e-40}, {"top_p": 1e-300, "temperature": 1.0},
+                                      {"temperature": 5e-324, "top_p": 5e-324}])
+def test_extreme_sampling_values_decode_like_greedy_not_a_500(served, sampling):
+    body = {"model": "toy", "prompt": "What is 3+4?", "thinking_budget": 4, "solution_budget": 3}
+    greedy = post(served, "/completions", {**body, "temperature": 0})
+    r = post(served, "/completions", {**body, **sampling, "seed": 1})
+    assert greedy.status_code == r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+
+
+def test_sampling_values_outside_their_domain_are_a_400(served):
+    body = {"model": "toy", "prompt": "hi", "thinking_budget": 2, "solution_budget": 2}
+    for bad in ('"temperature": -1', '"top_p": 0', '"top_p": 1.5', '"temperature": NaN', '"top_p": Infinity'):
+        raw = json.dumps(body)[:-1] + ", " + bad + "}"
+        r = post(served, "/completions", raw)
+        assert r.status_code == 400, (bad, r.status_code, r.text)
+        assert "temperature" in r.text or "top_p" in r.text

@@ -2,6 +2,7 @@
 transformers engine's (same weights, float32)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,7 +36,18 @@ def check_budgets(c, budget: BudgetConfig):
     assert c.finish_reason in ("stop", "length")
     if c.finish_reason == "stop":
         assert c.completion_ids[-1] == 2  # EOS sampled by the model, never the forced stop token
-    assert all(lp <= 1e-6 for lp in c.logprobs)
+    check_logprobs(c)
+
+
+def check_logprobs(c):
+    """record.py's one definition: a sampled token's log-prob under its distribution, NaN for a forced one."""
+    assert c.logprobs_kind == "sampling"
+    for lp, m in zip(c.logprobs, c.sampled_mask):
+        assert math.isnan(lp) if m == 0 else lp <= 1e-6
+
+
+def same_logprobs(a, b, tol=1e-4) -> bool:
+    return all((math.isnan(x) and math.isnan(y)) or abs(x - y) < tol for x, y in zip(a, b))
 
 
 def test_greedy_equals_transformers_engine(vllm_engine, toy_engine):
@@ -48,8 +60,8 @@ def test_greedy_equals_transformers_engine(vllm_engine, toy_engine):
         assert a.sampled_mask == b.sampled_mask
         assert (a.thinking_tokens, a.solution_tokens, a.forced_tokens, a.finish_reason, a.thinking_end) == (
             b.thinking_tokens, b.solution_tokens, b.forced_tokens, b.finish_reason, b.thinking_end)
-        # raw log-probs: the model's own, forced tokens included (greedy reports the plain log-prob in both)
-        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+        # greedy: the plain log-softmax of each sampled token in both, NaN for each forced one
+        assert same_logprobs(a.logprobs, b.logprobs)
 
 
 def test_two_call_equals_one_pass_under_greedy(vllm_engine):
@@ -76,6 +88,86 @@ def test_seeded_calls_are_reproducible(vllm_engine):
     a = vllm_engine.generate(PROMPTS, MIXED, sampling, num_samples=2)
     b = vllm_engine.generate(PROMPTS, MIXED, sampling, num_samples=2)
     assert [c.completion_ids for c in a] == [c.completion_ids for c in b]
+
+
+@pytest.fixture(scope="session")  # never dropped before the end: an in-process LLM's teardown ends vLLM's
+def hostile_vllm(toy_dir, tmp_path_factory):  # distributed state for every other LLM of the process
+    """The vLLM engine on a copy of the toy checkpoint whose generation_config.json asks for every sampling change
+    it can."""
+    import shutil
+
+    from elastic_reasoning.generation.vllm_engine import VLLMEngine
+
+    out = tmp_path_factory.mktemp("hostile") / "toy"
+    shutil.copytree(toy_dir, out)
+    config = json.loads((out / "generation_config.json").read_text())
+    config.update(repetition_penalty=3.0, no_repeat_ngram_size=2, min_new_tokens=7, temperature=0.2, top_k=3,
+                  do_sample=True)
+    (out / "generation_config.json").write_text(json.dumps(config))
+    return VLLMEngine.from_pretrained(str(out), dtype="float32", max_model_len=512)
+
+
+def test_checkpoint_sampling_defaults_never_apply(vllm_engine, hostile_vllm):
+    """The hostile generation_config.json changes no token and no log-prob, greedy or sampled: the LLM runs with
+    generation_config="vllm" (vLLM's neutral defaults) and every request states its own sampling."""
+    model_config = hostile_vllm.llm.llm_engine.model_config
+    assert model_config.generation_config == "vllm" and model_config.get_diff_sampling_param() == {}
+    for sampling in (SamplingConfig(temperature=0.0), SamplingConfig(temperature=0.8, top_p=0.9, seed=7)):
+        ours = hostile_vllm.generate(PROMPTS, MIXED, sampling, num_samples=2)
+        clean = vllm_engine.generate(PROMPTS, MIXED, sampling, num_samples=2)
+        assert [c.completion_ids for c in ours] == [c.completion_ids for c in clean]
+        assert [c.sampled_mask for c in ours] == [c.sampled_mask for c in clean]
+        assert all(same_logprobs(a.logprobs, b.logprobs, 1e-6) for a, b in zip(ours, clean))
+
+
+def test_raw_logprobs_modes_are_refused(vllm_engine, toy_dir):
+    from types import SimpleNamespace
+
+    from elastic_reasoning.generation.vllm_engine import VLLMEngine
+
+    with pytest.raises(ValueError, match="processed_logprobs"):
+        VLLMEngine.from_pretrained(str(toy_dir), logprobs_mode="raw_logprobs")
+    # an LLM made elsewhere (TRL's colocate mode makes it with processed_logprobs): checked, refused if raw
+    engine_view = SimpleNamespace(model_config=SimpleNamespace(logprobs_mode="raw_logprobs", model=str(toy_dir),
+                                                               max_model_len=512))
+    raw = SimpleNamespace(llm_engine=engine_view, get_tokenizer=lambda: vllm_engine.tokenizer)
+    with pytest.raises(ValueError, match="logprobs_mode='raw_logprobs'"):
+        VLLMEngine(raw)
+    assert VLLMEngine(vllm_engine.llm).logprobs_kind == "sampling"
+
+
+def test_per_request_seeds_never_collide():
+    from elastic_reasoning.generation.vllm_engine import VLLMEngine
+
+    stream = VLLMEngine.make_generator(SamplingConfig(temperature=1.0, seed=3))
+    seeds = stream.take(5000) + stream.take(5000)  # two calls sharing the stream (two-call mode, sweeps)
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
+    again = VLLMEngine.make_generator(SamplingConfig(temperature=1.0, seed=3))
+    assert again.take(5000) == seeds[:5000]  # reproducible
+    assert VLLMEngine.make_generator(SamplingConfig(temperature=1.0)) is None  # vLLM's own randomness
+    assert VLLMEngine.make_generator(SamplingConfig(temperature=0.0, seed=3)) is None
+
+
+def test_replay_reads_an_eos_path_as_forced_only_where_it_must(toy_engine):
+    """Replay of a multi-token end of thinking [60, 61]: read as the model's own unless the tokens rule it out."""
+    from elastic_reasoning.budget import BudgetRow, BudgetTokens
+    from elastic_reasoning.generation.vllm_engine import replay
+
+    tokens = BudgetTokens(end_thinking_ids=(60, 61), transition_ids=(70,), eos_ids=frozenset({2}), pad_id=0)
+    free = BudgetConfig(thinking_budget=10, solution_budget=2)
+    part = replay(BudgetRow(free, tokens), [30, 60, 61, 40, 2], [-1.0, -0.5, 0.0, -2.0, -0.1])
+    assert part.mask == [1, 1, 1, 1, 1] and part.row.thinking_end.value == "model" and part.row.solution_index == 3
+    # t = 2: read as the model's, 60 would spend the budget and force the transition 70; the output has 61, so the
+    # processor took the EOS path: 60 and 61 are forced
+    cut = BudgetConfig(thinking_budget=2, solution_budget=2, transition="x")
+    part = replay(BudgetRow(cut, tokens), [30, 60, 61, 40, 2], [-1.0, -0.5, 0.0, -2.0, -0.1])
+    assert part.ids == [30, 60, 61, 40, 2] and part.mask == [1, 0, 0, 1, 1]
+    assert part.row.thinking_end.value == "eos" and not part.row.thinking_truncated
+    assert math.isnan(part.logprobs[1]) and math.isnan(part.logprobs[2]) and part.logprobs[3] == -2.0
+    part = replay(BudgetRow(cut, tokens), [30, 31, 70, 60, 61, 40], [-1.0] * 6)  # a real cut: transition forced
+    assert part.mask == [1, 1, 0, 0, 0, 1] and part.row.thinking_truncated
+    with pytest.raises(RuntimeError, match="processor loaded"):  # a token no reading explains
+        replay(BudgetRow(cut, tokens), [30, 31, 40], [-1.0] * 3)
 
 
 def test_requests_without_budgets_share_the_batch_untouched(vllm_engine, toy_engine):

@@ -33,7 +33,7 @@ def vllm_server(toy_dir, tmp_path_factory):
     # The budget processor comes in through this package's vllm.logits_processors entry point: no flag needed.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(toy_dir), "--host",
            "127.0.0.1", "--port", str(port), "--max-model-len", "512", "--enforce-eager", "--dtype", "float32",
-           "--served-model-name", "toy"]
+           "--served-model-name", "toy", "--logprobs-mode", "processed_logprobs"]  # as trl vllm-serve
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -97,21 +97,25 @@ def test_bad_xargs_are_a_400(vllm_server):
 
 
 def test_trl_server_mode_rollouts(vllm_server, toy_engine):
+    import math
+
     from trl.generation.vllm_client import VLLMClient
 
-    from elastic_reasoning.training.rollout import server_rollouts
+    from elastic_reasoning.generation.vllm_server_engine import VLLMServerEngine
 
     client = VLLMClient(base_url=vllm_server, connection_timeout=30)
+    engine = VLLMServerEngine(client, toy_engine.tokenizer, max_model_len=512)
     budget = BudgetConfig(thinking_budget=4, solution_budget=3)
     prompts = ["what is 1 + 2 ?"] * 4 + ["what is the sum of 4 5 6 ?"] * 4  # TRL repeats each prompt
-    out = server_rollouts(client, toy_engine.tokenizer, prompts, budget, SamplingConfig(temperature=1.0, top_p=1.0,
-                                                                                         seed=3), max_model_len=512)
+    out = engine.generate(prompts, budget, SamplingConfig(temperature=0.7, top_p=0.9, seed=3))
     assert [c.prompt_index for c in out] == list(range(8))
     for c in out:
         assert c.thinking_tokens <= 4 and c.solution_tokens <= 3
         assert len(c.completion_ids) == len(c.sampled_mask) == len(c.logprobs)
         if c.thinking_truncated:
             assert c.sampled_mask[c.end_thinking_index] == 0
+        for lp, m in zip(c.logprobs, c.sampled_mask):  # processed log-probs; NaN where forced
+            assert math.isnan(lp) if m == 0 else lp <= 1e-6
     assert len({tuple(c.completion_ids) for c in out[:4]}) > 1  # n samples of one prompt differ
 
 

@@ -244,7 +244,8 @@ class RemoteEngine:
                   extra_body: dict) -> _Phase:
         """One streamed call to the upstream's /completions."""
         sampling = job.sampling
-        body = {"model": self.model, "prompt": prompt, "temperature": sampling.temperature, "top_p": sampling.top_p,
+        body = {"model": self.model, "prompt": prompt, "top_p": sampling.top_p,
+                "temperature": 0.0 if sampling.greedy else sampling.temperature,  # below 1e-5 is greedy here too
                 "stream": True, "stream_options": {"include_usage": True}, **extra_body}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens

@@ -13,9 +13,23 @@ Keys (all optional; a request that carries none of :data:`BUDGET_KEYS` is left u
     max_total_tokens    int >= 0     cap on all emitted tokens
     budget_phase        str          "thinking" (default) | "solution": the prompt already ends its thinking
     stop_after_thinking bool         end the request as soon as thinking has ended (two-call mode, phase 1)
+    sampling_top_p      float (0,1]  the request's real top-p, applied by the processor (see below)
+    sampling_top_k      int >= 0     the request's real top-k (0: off), applied by the processor
 
-``vllm serve`` passes ``vllm_xargs`` values as strings, numbers or lists, so integers given as digit strings and
-booleans given as "true"/"false" are accepted too.
+``vllm serve`` passes ``vllm_xargs`` values as strings, numbers or lists, so integers given as digit strings,
+numbers as numeric strings and booleans given as "true"/"false" are accepted too.
+
+**Top-p / top-k go in the extra arguments, not in** ``SamplingParams``. vLLM's sampler applies a request's
+temperature, then top-k/top-p, *after* every logits processor (``vllm/v1/sample/sampler.py``: logits processors,
+penalties, then ``sample``: temperature, argmax-invariant processors, top-k/top-p). The budget rule for an EOS sampled
+while thinking must act on the *filtered* distribution (the transformers engine draws from temperature + top-k/top-p,
+then replaces an EOS), so a budgeted request asks vLLM for no filtering at all (``top_p=1``, ``top_k=0``: vLLM's
+"off") and carries its real ``top_p``/``top_k`` here; the processor then builds the exact distribution itself and
+hands vLLM logits that vLLM's own division by the temperature turns into it. :func:`vllm_sampling_kwargs` and
+:func:`sampling_extra_args` (or ``budget_extra_args(..., sampling=...)``) produce both halves from a
+:class:`~.record.SamplingConfig`. A request may not set top-p/top-k both ways (refused: it would filter twice).
+A client that sets them only in ``SamplingParams`` still gets budgets; see the processor's doc for what is then
+exact and what is approximate.
 """
 
 from __future__ import annotations
@@ -25,9 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..budget import BudgetConfig, BudgetTokens, EosInThinking, Phase
+from .record import MIN_TOP_P, SamplingConfig
 
+TOP_P_KEY, TOP_K_KEY = "sampling_top_p", "sampling_top_k"
+"""Extra-argument keys of a budgeted request's real top-p / top-k (its ``SamplingParams`` carry vLLM's neutral)."""
 BUDGET_KEYS = ("thinking_budget", "solution_budget", "end_thinking", "end_thinking_ids", "transition",
-               "answer_prefix", "eos_in_thinking", "max_total_tokens", "budget_phase", "stop_after_thinking")
+               "answer_prefix", "eos_in_thinking", "max_total_tokens", "budget_phase", "stop_after_thinking",
+               TOP_P_KEY, TOP_K_KEY)
 _ACTIVATING = ("thinking_budget", "solution_budget", "max_total_tokens", "stop_after_thinking", "budget_phase")
 
 
@@ -43,6 +61,15 @@ class RequestBudget:
     end_thinking_ids: tuple[int, ...] | None
     phase: Phase = Phase.THINKING
     stop_after_thinking: bool = False
+    top_p: float | None = None
+    """The request's real top-p from the extra arguments (None: not given there)."""
+    top_k: int | None = None
+    """The request's real top-k from the extra arguments (None: not given there; 0: off)."""
+
+    @property
+    def filters_in_extra_args(self) -> bool:
+        """Top-p/top-k were given in the extra arguments, so ``SamplingParams`` must carry vLLM's neutral ones."""
+        return self.top_p is not None or self.top_k is not None
 
 
 def budget_requested(extra_args: Mapping[str, Any] | None) -> bool:
@@ -61,6 +88,20 @@ def _int(args: Mapping[str, Any], key: str) -> int | None:
     if value < 0:
         raise BudgetArgsError(f"{key} must be >= 0, got {value}")
     return value
+
+
+def _top_p(args: Mapping[str, Any]) -> float | None:
+    value = args.get(TOP_P_KEY)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BudgetArgsError(f"{TOP_P_KEY} must be a number in (0, 1], got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise BudgetArgsError(f"{TOP_P_KEY} must be a number in (0, 1], got {value!r}")
+    return max(float(value), MIN_TOP_P)  # SamplingConfig's clamp: a tiny nucleus keeps the most likely token
 
 
 def _bool(args: Mapping[str, Any], key: str) -> bool:
@@ -110,7 +151,43 @@ def parse_budget_args(extra_args: Mapping[str, Any]) -> RequestBudget:
     except ValueError as exc:  # BudgetConfig's own checks
         raise BudgetArgsError(str(exc)) from exc
     return RequestBudget(config, ids, Phase.SOLUTION if unknown_phase == "solution" else Phase.THINKING,
-                         _bool(extra_args, "stop_after_thinking"))
+                         _bool(extra_args, "stop_after_thinking"), top_p=_top_p(extra_args),
+                         top_k=_int(extra_args, TOP_K_KEY))
+
+
+def check_filters(extra_args: Mapping[str, Any] | None, top_p: float, top_k: int | None) -> None:
+    """Refuse a request whose top-p/top-k would be applied twice, or in the extra arguments of a request the processor
+    does not track (vLLM would then sample with no filtering at all). ``top_p``/``top_k``: its ``SamplingParams``'."""
+    if not extra_args or all(extra_args.get(k) is None for k in (TOP_P_KEY, TOP_K_KEY)):
+        return
+    if not budget_requested(extra_args):
+        raise BudgetArgsError(f"{TOP_P_KEY}/{TOP_K_KEY} only apply to a request with budgets (thinking_budget, "
+                              "solution_budget or max_total_tokens); set top_p/top_k in the sampling parameters "
+                              "instead")
+    if top_p < 1.0 or (top_k or 0) > 0:
+        raise BudgetArgsError(f"top_p/top_k are set both in the sampling parameters (top_p={top_p}, top_k={top_k}) "
+                              f"and in the budget arguments ({TOP_P_KEY}/{TOP_K_KEY}): they would filter twice. "
+                              "Put them in the budget arguments only and leave the sampling parameters at "
+                              "top_p=1, top_k=0 (vllm_sampling_kwargs does this)")
+
+
+def vllm_sampling_kwargs(sampling: SamplingConfig) -> dict[str, Any]:
+    """``temperature``/``top_p``/``top_k`` for a *budgeted* request's ``SamplingParams`` (or TRL's
+    ``VLLMClient.generate`` keywords): the temperature, and vLLM's neutral top-p/top-k; the real ones go in the extra
+    arguments (:func:`sampling_extra_args`), where the budget processor applies them exactly. Greedy: temperature 0."""
+    return {"temperature": 0.0 if sampling.greedy else sampling.temperature, "top_p": 1.0, "top_k": 0}
+
+
+def sampling_extra_args(sampling: SamplingConfig) -> dict[str, Any]:
+    """The extra arguments that carry ``sampling``'s top-p/top-k to the processor (none when they are off or greedy)."""
+    if sampling.greedy:
+        return {}
+    args: dict[str, Any] = {}
+    if sampling.top_p < 1.0:
+        args[TOP_P_KEY] = sampling.top_p
+    if sampling.top_k > 0:
+        args[TOP_K_KEY] = sampling.top_k
+    return args
 
 
 def request_max_tokens(config: BudgetConfig, tokens: BudgetTokens, room: int) -> int:
@@ -121,8 +198,9 @@ def request_max_tokens(config: BudgetConfig, tokens: BudgetTokens, room: int) ->
 
 
 def budget_extra_args(config: BudgetConfig, tokens: BudgetTokens | None = None, *, phase: Phase = Phase.THINKING,
-                      stop_after_thinking: bool = False) -> dict[str, Any]:
-    """The ``extra_args`` that ask the processor for ``config`` (ids included when already resolved)."""
+                      stop_after_thinking: bool = False, sampling: SamplingConfig | None = None) -> dict[str, Any]:
+    """The ``extra_args`` that ask the processor for ``config`` (ids included when already resolved). With
+    ``sampling``, its top-p/top-k too: pair them with :func:`vllm_sampling_kwargs` in the request."""
     args: dict[str, Any] = {
         "thinking_budget": config.thinking_budget,
         "solution_budget": config.solution_budget,
@@ -141,4 +219,6 @@ def budget_extra_args(config: BudgetConfig, tokens: BudgetTokens | None = None, 
         args["budget_phase"] = "solution"
     if stop_after_thinking:
         args["stop_after_thinking"] = True
+    if sampling is not None:
+        args.update(sampling_extra_args(sampling))
     return {k: v for k, v in args.items() if v is not None}

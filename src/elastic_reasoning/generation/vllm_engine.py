@@ -3,13 +3,19 @@
 Same interface and same per-completion record as :class:`~.transformers_engine.TransformersEngine`: one request per
 completion, each carrying its budgets in ``SamplingParams.extra_args``, all submitted at once so vLLM's continuous
 batching schedules them; :class:`~.vllm_processor.ElasticBudgetLogitsProcessor` runs the budget state machine inside
-the engine, in one pass.
+the engine, in one pass, and draws every token from the transformers engine's distribution (temperature, top-k/top-p
+and the budget's EOS rule; the request's top-p/top-k travel in the extra arguments, see :mod:`.vllm_args`).
 
 The record is rebuilt here by replaying the emitted tokens through the same :class:`~elastic_reasoning.budget.BudgetRow`
 (the processor's state never leaves vLLM's worker): a token is forced exactly where the state machine had one due, so
 the sampled/forced mask is exact. The stop token the processor forces to end a request whose budget is spent is
-dropped. Log-probs are vLLM's raw ones (``logprobs_mode="raw_logprobs"``): the model's own log-prob of every token,
-forced ones included, at temperature 1 before top-k/top-p (see the processor's doc for what that means for RL).
+dropped. Log-probs follow :mod:`.record`'s one definition (``logprobs_kind == "sampling"``): vLLM runs with
+``logprobs_mode="processed_logprobs"``, so a sampled token reports its log-prob under the distribution it was drawn
+from; a forced token reports NaN. The one difference from the transformers engine's record: end-of-thinking tokens
+emitted in place of an EOS are recorded as the model's own (see the processor's doc).
+
+The ``LLM`` is created with ``generation_config="vllm"``: vLLM's neutral sampling defaults, never the checkpoint's
+``generation_config.json`` (repetition penalty, temperature...), as the transformers engine never applies them either.
 
 ``mode="two-call"`` is the fallback for comparisons: phase 1 stops once thinking ends, phase 2 continues
 prompt + thinking with a fresh solution budget; vLLM's prefix caching (on by default) spares most of the re-prefill.
@@ -17,20 +23,27 @@ prompt + thinking with a fresh solution budget; vLLM's prefix caching (on by def
 
 from __future__ import annotations
 
+import logging
 import os
-import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..budget import BudgetConfig, BudgetRow, BudgetTokens, Phase
+from ..budget import BudgetConfig, BudgetRow, BudgetTokens, EosInThinking, Phase
 from ..special_tokens import BudgetTokenCache
 from .prompts import Prompt, render_prompt
-from .record import Completion, SamplingConfig, budgets_per_prompt
+from .record import LOGPROBS_SAMPLING, LOGPROBS_UNAVAILABLE, Completion, SamplingConfig, budgets_per_prompt
+from .seeds import derive_seed
 from .two_call import Part, completion_of, solution_row
-from .vllm_args import budget_extra_args, request_max_tokens
+from .vllm_args import budget_extra_args, request_max_tokens, vllm_sampling_kwargs
+
+logger = logging.getLogger(__name__)
 
 LOGITS_PROCESSOR = "elastic_reasoning.generation.vllm_processor:ElasticBudgetLogitsProcessor"
 """What to pass to ``vllm serve --logits-processors`` (or ``LLM(logits_processors=[...])``)."""
+LOGPROBS_MODE = "processed_logprobs"
+"""The vLLM ``logprobs_mode`` whose log-probs are the record's (and TRL's): after logits processors, temperature and
+top-k/top-p. The raw modes are taken before the budget processor and the temperature: not the sampling distribution."""
 
 
 def processor_registered() -> bool:
@@ -62,9 +75,19 @@ class VLLMEngine:
         except Exception:  # noqa: BLE001 - a model without a generation config keeps the tokenizer's EOS
             pass
         self._budget_tokens = BudgetTokenCache(self.tokenizer, model_eos)
-        mode = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "logprobs_mode", None)
-        # An LLM made elsewhere (TRL's colocate mode) may report processed log-probs: 0.0 for a forced token.
-        self.forced_logprobs_known = str(getattr(mode, "value", mode) or "raw_logprobs") == "raw_logprobs"
+        mode = llm_logprobs_mode(llm)
+        if mode is not None and mode != LOGPROBS_MODE:
+            # An LLM made elsewhere (TRL's colocate mode makes it with processed_logprobs): a raw mode's log-probs are
+            # the model's before the temperature, top-k/top-p and the budget rule, which TRL would take for the
+            # sampling distribution's.
+            raise ValueError(f"this vLLM LLM reports logprobs_mode={mode!r}; the vLLM engine needs "
+                             f"logprobs_mode={LOGPROBS_MODE!r} (the sampling distribution's log-probs, as TRL's "
+                             f"importance-sampling correction expects): create it with "
+                             f"LLM(..., logprobs_mode={LOGPROBS_MODE!r})")
+        self.logprobs_kind = LOGPROBS_SAMPLING if mode == LOGPROBS_MODE else LOGPROBS_UNAVAILABLE
+        if mode is None:
+            logger.warning("cannot read this LLM's logprobs_mode: completions carry NaN log-probs "
+                           "(logprobs_kind='unavailable')")
         if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
@@ -76,15 +99,22 @@ class VLLMEngine:
     def from_pretrained(cls, name_or_path: str, *, dtype: str = "auto", max_model_len: int | None = 2048,
                         seed: int = 0, **llm_kwargs: Any) -> "VLLMEngine":
         """Load a model into vLLM with the budget processor. ``name_or_path``: a directory, a hub id, or one of the
-        project's names (``toy``, ``smollm2-135m``). Extra keyword arguments go to ``vllm.LLM``."""
+        project's names (``toy``, ``smollm2-135m``). Extra keyword arguments go to ``vllm.LLM``.
+
+        The ``LLM`` gets ``logprobs_mode="processed_logprobs"`` (any other mode is refused: see :data:`LOGPROBS_MODE`)
+        and ``generation_config="vllm"`` unless given explicitly: vLLM otherwise takes its sampling defaults from the
+        checkpoint's ``generation_config.json`` (repetition penalty, temperature, top-k...)."""
         from vllm import LLM
 
         from ..models import resolve_model_path
         from .vllm_processor import ElasticBudgetLogitsProcessor
 
-        if llm_kwargs.pop("logprobs_mode", "raw_logprobs") != "raw_logprobs":
-            raise ValueError("the vLLM engine needs logprobs_mode='raw_logprobs' (processed log-probs report 0.0 for "
-                             "forced tokens)")
+        mode = llm_kwargs.pop("logprobs_mode", LOGPROBS_MODE)
+        if str(getattr(mode, "value", mode)) != LOGPROBS_MODE:
+            raise ValueError(f"the vLLM engine needs logprobs_mode={LOGPROBS_MODE!r}, got {mode!r}: the raw modes are "
+                             "taken before the temperature, top-k/top-p and the budget rule, so they are not the "
+                             "log-probs of the distribution tokens are drawn from (processed_logits are not log-probs)")
+        llm_kwargs.setdefault("generation_config", "vllm")
         import torch
 
         if not torch.cuda.is_available():
@@ -94,7 +124,7 @@ class VLLMEngine:
         if not processor_registered():
             processors.append(ElasticBudgetLogitsProcessor)
         llm = LLM(model=resolve_model_path(name_or_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
-                  logits_processors=processors, logprobs_mode="raw_logprobs", **llm_kwargs)
+                  logits_processors=processors, logprobs_mode=LOGPROBS_MODE, **llm_kwargs)
         return cls(llm, max_model_len=max_model_len)
 
     # -- public API (the transformers engine's) ----------------------------------------------------------------
@@ -118,8 +148,9 @@ class VLLMEngine:
     ) -> list[Completion]:
         """``num_samples`` completions per prompt, in prompt order then sample order (as the transformers engine).
 
-        With ``sampling.seed`` set, every request gets its own seed drawn from it (vLLM seeds per request), so the
-        same call gives the same tokens whatever else shares vLLM's batch. Streaming and cancellation are not offered
+        With ``sampling.seed`` set, every request gets its own seed derived from it (vLLM seeds per request; no two
+        requests of a call share one), so the same call gives the same tokens whatever else shares vLLM's batch.
+        Streaming and cancellation are not offered
         offline: serve through ``vllm serve`` with the processor and this project's server in upstream mode."""
         if mode not in ("single-pass", "two-call"):
             raise ValueError(f"unknown mode {mode!r} (single-pass or two-call)")
@@ -143,8 +174,8 @@ class VLLMEngine:
             second = self._decode([ids + part.ids for ids, part in zip(prompt_ids, first)], second_rows, sampling,
                                   _seeds(stream, len(jobs)), progress)
             merged = list(zip(first, second))
-        return [completion_of(first, second, self.tokenizer.decode, prompt_index=p, sample_index=s,
-                              prompt_ids=ids)
+        return [self._record(completion_of(first, second, self.tokenizer.decode, prompt_index=p, sample_index=s,
+                                           prompt_ids=ids))
                 for (p, s), ids, (first, second) in zip(jobs, prompt_ids, merged)]
 
     def continue_ids(self, prefixes: Sequence[Sequence[int]], budget: BudgetConfig,
@@ -157,17 +188,25 @@ class VLLMEngine:
         rows = [BudgetRow(budget, tokens, phase=phase, stop_after_thinking=stop_after_thinking) for _ in prefixes]
         seeds = _seeds(generator if generator is not None else self.make_generator(sampling), len(rows))
         parts = self._decode([list(p) for p in prefixes], rows, sampling, seeds, False)
-        return [completion_of(part, None, self.tokenizer.decode, prompt_index=k, sample_index=0, prompt_ids=list(p))
+        return [self._record(completion_of(part, None, self.tokenizer.decode, prompt_index=k, sample_index=0,
+                                           prompt_ids=list(p)))
                 for k, (p, part) in enumerate(zip(prefixes, parts))]
 
     @staticmethod
-    def make_generator(sampling: SamplingConfig) -> random.Random | None:
-        """Where per-request seeds come from: seeded from ``sampling.seed`` (None: vLLM's own randomness)."""
+    def make_generator(sampling: SamplingConfig) -> "SeedStream | None":
+        """Where per-request seeds come from: a :class:`SeedStream` on ``sampling.seed``; None (vLLM's own randomness,
+        and per-request generators cost vLLM a loop over requests at every step) without a seed or under greedy."""
         if sampling.greedy or sampling.seed is None:
             return None
-        return random.Random(sampling.seed)
+        return SeedStream(sampling.seed)
 
     # -- internals ---------------------------------------------------------------------------------------------
+    def _record(self, completion: Completion) -> Completion:
+        completion.logprobs_kind = self.logprobs_kind
+        if self.logprobs_kind != LOGPROBS_SAMPLING:
+            completion.logprobs = [float("nan")] * len(completion.logprobs)
+        return completion
+
     def _decode(self, prompt_ids: list[list[int]], rows: list[BudgetRow], sampling: SamplingConfig,
                 seeds: list[int | None], progress: bool) -> list[Part]:
         """Submit every unfinished row as one request; replay what vLLM emitted through the row."""
@@ -186,27 +225,45 @@ class VLLMEngine:
                                  f"{self.max_model_len}")
             requests.append({"prompt_token_ids": list(ids)})
             params.append(SamplingParams(
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=sampling.top_k if sampling.top_k > 0 else 0,
+                # temperature, and vLLM's neutral top-p/top-k: the processor applies the real ones, in the extra args
+                **vllm_sampling_kwargs(sampling),
                 seed=seeds[i],
                 max_tokens=request_max_tokens(row.config, row.tokens, room),
                 logprobs=0,
                 skip_special_tokens=False,
                 detokenize=False,
                 extra_args=budget_extra_args(row.config, row.tokens, phase=_start_phase(row),
-                                             stop_after_thinking=row.stop_after_thinking),
+                                             stop_after_thinking=row.stop_after_thinking, sampling=sampling),
             ))
         outputs = self.llm.generate(requests, params, use_tqdm=progress)
         for i, output in zip(active, outputs):
             out = output.outputs[0]
-            parts[i] = replay(rows[i], out.token_ids, token_logprobs(out.token_ids, out.logprobs),
-                              forced_logprobs_known=self.forced_logprobs_known)
+            parts[i] = replay(rows[i], out.token_ids, token_logprobs(out.token_ids, out.logprobs))
         return parts
 
 
-def _seeds(stream: random.Random | None, n: int) -> list[int | None]:
-    return [None] * n if stream is None else [stream.randrange(2**31) for _ in range(n)]
+class SeedStream:
+    """Per-request seeds for the calls of one run seeded with ``base``: request ``k`` of the ``c``-th call drawn from
+    the stream gets ``derive_seed(base, step=c, slot=k)``, so no two requests of a call, nor of two calls sharing the
+    stream (two-call mode, a sweep's continuations), get the same seed. No global generator is touched."""
+
+    def __init__(self, base: int):
+        self.base = base
+        self.calls = 0
+
+    def take(self, n: int) -> list[int]:
+        step, self.calls = self.calls, self.calls + 1
+        return [derive_seed(self.base, step=step, slot=k) for k in range(n)]
+
+
+def _seeds(stream: SeedStream | None, n: int) -> list[int | None]:
+    return [None] * n if stream is None else stream.take(n)
+
+
+def llm_logprobs_mode(llm) -> str | None:
+    """The ``logprobs_mode`` a vLLM ``LLM`` runs with, or None when it cannot be read."""
+    mode = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "logprobs_mode", None)
+    return None if mode is None else str(getattr(mode, "value", mode))
 
 
 def _start_phase(row: BudgetRow) -> Phase:
@@ -222,27 +279,64 @@ def token_logprobs(token_ids: Sequence[int], entries) -> list[float]:
 
 
 def replay(row: BudgetRow, token_ids: Sequence[int], logprobs: Sequence[float], *,
-           forced_logprobs_known: bool = True) -> Part:
+           forced_logprobs_known: bool | None = None) -> Part:
     """The record of one vLLM output: each token through the state machine, forced exactly where one was due.
 
-    Tokens after the row finished (the stop token the processor forces to end a request whose budget is spent) are
-    dropped. With ``forced_logprobs_known=False`` (vLLM ran with processed log-probs, which report 0.0 for a forced
-    token) a forced token's log-prob is NaN: TRL's importance-sampling correction then leaves that token at ratio 1
-    instead of using a polluted value, and nothing mistakes it for the model's."""
+    ``logprobs`` are vLLM's processed ones: a sampled token keeps its own, a forced token gets NaN (vLLM reports 0.0
+    for it, which no distribution drew). Tokens after the row finished (the stop token the processor forces to end a
+    request whose budget is spent) are dropped.
+
+    An end-of-thinking token that may have been emitted in place of an EOS (rule ``end_thinking``, more of the
+    sequence to follow; see the processor's doc) is read as the model's own: the output cannot say which it was. If
+    that reading cannot fit the tokens that follow (a thinking budget it would have spent mid-sequence, then a forced
+    transition or answer prefix the output does not have), the token is re-read as an EOS replaced by the forced end
+    of thinking, which is what the processor did. ``forced_logprobs_known`` is accepted for old callers and ignored:
+    a forced token's log-prob is always NaN."""
     ids: list[int] = []
     mask: list[int] = []
     out_logprobs: list[float] = []
-    for token, logprob in zip(token_ids, logprobs):
-        if row.done:
-            break
+    nan = float("nan")
+    checkpoint: tuple[int, dict] | None = None  # (index, row state) at the last token that may have replaced an EOS
+    k = 0
+    while k < len(token_ids) and not row.done:
+        token = int(token_ids[k])
         forced = row.forced_token() is not None
-        emitted, _ = row.step(int(token))
+        if not forced and _may_replace_eos(row, token):
+            checkpoint = (k, _state(row))
+        emitted, _ = row.step(token)
+        if emitted != token and checkpoint is not None:
+            k, state = checkpoint
+            checkpoint = None
+            row.__dict__.update(state)
+            del ids[k:], mask[k:], out_logprobs[k:]
+            token = int(token_ids[k])
+            forced = True
+            emitted, _ = row.step(min(row.tokens.eos_ids))  # the EOS path: this token and the rest are forced
         if emitted != token:
             raise RuntimeError(f"vLLM emitted {token} where the budget forced {emitted}: is the budget logits "
                                "processor loaded (LLM(logits_processors=[...]), --logits-processors, or the "
                                "vllm.logits_processors entry point)?")
-        ids.append(int(token))
+        ids.append(token)
         mask.append(0 if forced else 1)
-        out_logprobs.append(float("nan") if forced and not forced_logprobs_known else float(logprob))
+        out_logprobs.append(nan if forced else float(logprobs[k]))
+        if row.phase in (Phase.SOLUTION, Phase.DONE):
+            checkpoint = None  # the end of thinking is complete: nothing before can be re-read any more
+        k += 1
     row.finish_unfinished()
     return Part(row, ids, mask, out_logprobs)
+
+
+def _may_replace_eos(row: BudgetRow, token: int) -> bool:
+    """Whether ``token``, sampled now, may stand in place of an EOS followed by more forced end-of-thinking tokens."""
+    if row.phase != Phase.THINKING or row.config.eos_in_thinking != EosInThinking.END_THINKING:
+        return False
+    ids = row.tokens.end_thinking_ids
+    return token == row.eos_replacement() and row._match < len(ids) - 1  # noqa: SLF001
+
+
+def _state(row: BudgetRow) -> dict:
+    """A copy of a row's state that ``row.__dict__.update`` restores."""
+    state = dict(row.__dict__)
+    state["_recent"] = deque(row._recent)  # noqa: SLF001
+    state["_queue"] = deque(row._queue)  # noqa: SLF001
+    return state

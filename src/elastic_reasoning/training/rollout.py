@@ -6,8 +6,9 @@ trainer's own model, or vLLM through TRL (``use_vllm``): in ``colocate`` mode on
 ``server`` mode on a ``vllm serve`` (``trl vllm-serve``) through TRL's client, the budgets travelling as
 ``vllm_xargs``. TRL pushes the current weights into vLLM before each rollout either way. Every completion token is marked sampled or forced; TRL receives
 
-* ``prompt_ids``, ``completion_ids``, ``logprobs`` (a forced token's entry is the model's own log-prob there; NaN
-  under TRL's vLLM, which runs with processed log-probs: TRL then leaves that token's importance ratio at 1);
+* ``prompt_ids``, ``completion_ids``, ``logprobs`` (``Completion.logprobs``: each sampled token's log-prob under the
+  distribution it was drawn from, what TRL's importance-sampling correction expects; NaN for a forced token, whose
+  importance ratio TRL then leaves at 1);
 * ``env_mask``: 1 for sampled tokens, 0 for forced ones (unless ``train_on_forced_tokens``), which TRL multiplies
   into its loss mask, so forced tokens add nothing to the policy loss, the KL or the entropy;
 * extra columns for the rewards: ``solution`` (text after the end of thinking), ``thinking_ended``,
@@ -17,9 +18,10 @@ trainer's own model, or vLLM through TRL (``use_vllm``): in ``colocate`` mode on
 The baselines share everything else: ``vanilla`` decodes plainly up to ``trainer.max_completion_length``;
 ``truncate`` decodes plainly up to one total budget ``t* + s*``.
 
-Seeds: rollouts of step ``k`` on process ``r`` draw from ``seed + 1000003 * k + r``, so a resumed run samples
-exactly what the uninterrupted run sampled (transformers and colocate; in server mode vLLM seeds each request
-from it, but the server's batching is outside this process).
+Seeds: rollouts of step ``k`` on process ``r`` draw from ``derive_seed(seed, step=k, process=r)`` (and each server
+request group from its own slot), which cannot collide across steps, processes or groups (``generation/seeds.py``),
+so a resumed run samples exactly what the uninterrupted run sampled (transformers and colocate; in server mode vLLM
+seeds each request from it, but the server's batching is outside this process).
 """
 
 from __future__ import annotations
@@ -30,10 +32,9 @@ from collections.abc import Callable
 import torch
 
 from ..budget import BudgetConfig
-from ..generation.prompts import render_prompt
 from ..generation.record import Completion, SamplingConfig
+from ..generation.seeds import derive_seed
 from ..generation.transformers_engine import TransformersEngine
-from ..generation.two_call import completion_of
 from .config import RolloutConfig
 
 
@@ -44,8 +45,7 @@ def budget_for(rollout: RolloutConfig, max_completion_length: int) -> BudgetConf
         return BudgetConfig(thinking_budget=rollout.thinking_budget, solution_budget=rollout.solution_budget,
                             transition=rollout.transition, eos_in_thinking=rollout.eos_in_thinking, **common)
     cap = max_completion_length if rollout.mode == "vanilla" else rollout.thinking_budget + rollout.solution_budget
-    # plain decoding: nothing forced, an EOS anywhere ends the completion
-    return BudgetConfig(max_total_tokens=cap, eos_in_thinking="stop", **common)
+    return BudgetConfig.plain(cap, **common)  # the same plain decoding as evaluation's truncate baseline
 
 
 def rollout_columns(completions: list[Completion], train_on_forced_tokens: bool) -> dict[str, list]:
@@ -56,7 +56,7 @@ def rollout_columns(completions: list[Completion], train_on_forced_tokens: bool)
         "logprobs": [c.logprobs for c in completions],
         "env_mask": [[1] * len(c.completion_ids) if train_on_forced_tokens else list(c.sampled_mask) for c in completions],
         "solution": [c.solution for c in completions],
-        "thinking_ended": [c.solution_index is not None for c in completions],
+        "thinking_ended": [c.thinking_ended for c in completions],
         "thinking_truncated": [c.thinking_truncated for c in completions],
         "thinking_tokens": [c.thinking_tokens for c in completions],
         "solution_tokens": [c.solution_tokens for c in completions],
@@ -77,7 +77,7 @@ def make_rollout_func(rollout: RolloutConfig, seed: int = 0) -> Callable:
             temperature=args.temperature,
             top_p=args.top_p if args.top_p is not None else 1.0,
             top_k=args.top_k or 0,
-            seed=seed + 1_000_003 * step + trainer.accelerator.process_index,
+            seed=derive_seed(seed, step=step, process=trainer.accelerator.process_index),
         )
         # TRL hands each process its prompts already repeated num_generations times: one completion per entry.
         was_training = model.training
@@ -115,41 +115,15 @@ def _vllm_rollouts(trainer, state: dict, prompts: list, budget: BudgetConfig,
             engine = VLLMEngine(generation.llm)
             state["vllm_engine"] = engine
         return engine.generate(prompts, budget, sampling, num_samples=1)
-    return server_rollouts(generation.vllm_client, trainer.processing_class, prompts, budget, sampling,
-                           max_model_len=getattr(generation, "max_model_length", None))
+    from ..generation.vllm_server_engine import VLLMServerEngine
 
-
-def server_rollouts(client, tokenizer, prompts: list, budget: BudgetConfig, sampling: SamplingConfig, *,
-                    max_model_len: int | None = None) -> list[Completion]:
-    """Budgeted completions from a ``vllm serve`` (with the budget processor) through TRL's ``VLLMClient``: one
-    request per distinct prompt, ``n`` completions each, the budgets as ``vllm_xargs``; each completion replayed
-    through the state machine for its mask and counts, as the offline engine does."""
-    from ..budget import BudgetRow
-    from ..special_tokens import resolve_budget_tokens
-    from ..generation.vllm_args import budget_extra_args, request_max_tokens
-    from ..generation.vllm_engine import replay
-
-    tokens = resolve_budget_tokens(tokenizer, budget)
-    rendered = [render_prompt(tokenizer, p, budget.start_thinking) for p in prompts]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for k, ids in enumerate(rendered):
-        groups.setdefault(tuple(ids), []).append(k)
-    out: list[Completion | None] = [None] * len(prompts)
-    for g, (ids, members) in enumerate(groups.items()):
-        room = (max_model_len or 1 << 30) - len(ids)
-        kwargs = {"vllm_xargs": budget_extra_args(budget, tokens)}
-        if sampling.seed is not None:
-            kwargs["seed"] = sampling.seed + 7919 * g
-        result = client.generate([list(ids)], n=len(members), temperature=sampling.temperature or 0.0,
-                                 top_p=sampling.top_p, top_k=sampling.top_k, logprobs=0,
-                                 max_tokens=request_max_tokens(budget, tokens, room),
-                                 generation_kwargs=kwargs)
-        for k, completion_ids, logprobs in zip(members, result["completion_ids"], result["logprobs"]):
-            row = BudgetRow(budget, tokens)
-            flat = [lp[0] if isinstance(lp, (list, tuple)) else lp for lp in logprobs]
-            part = replay(row, completion_ids, flat, forced_logprobs_known=False)
-            out[k] = completion_of(part, None, tokenizer.decode, prompt_index=k, sample_index=0, prompt_ids=list(ids))
-    return [c for c in out if c is not None]
+    engine = state.get("vllm_server_engine")
+    if engine is None or engine.client is not generation.vllm_client:
+        engine = VLLMServerEngine(generation.vllm_client, trainer.processing_class,
+                                  max_model_len=getattr(generation, "max_model_length", None))
+        state["vllm_server_engine"] = engine
+    return engine.generate(prompts, budget, sampling, num_samples=1, seed_step=trainer.state.global_step,
+                           seed_process=trainer.accelerator.process_index)
 
 
 def _log_rollout_metrics(trainer, completions: list[Completion], elapsed: float) -> None:
