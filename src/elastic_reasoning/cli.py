@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "results.md and a plot. Stages already done are skipped.")
     demo.add_argument("--quick", action="store_true", help="a few minutes: checks the pipeline, not the science")
     demo.add_argument("--out", default=None, help="output directory (default runs/demo, runs/demo-quick with --quick)")
-    demo.add_argument("--seeds", type=_positive_int, default=None, help="RL seeds (default 2)")
+    demo.add_argument("--seeds", type=_positive_int, default=None,
+                      help="RL seeds; intervals are over problems and seeds (default 3; --quick: 2)")
+    demo.add_argument("--jobs", type=_positive_int, default=None,
+                      help="parallel processes for GRPO and evaluation, one torch thread each (default 2)")
     demo.set_defaults(func=cmd_demo)
 
     rw = sub.add_parser("reward", help="score one completion with the math or code reward",
@@ -308,6 +311,8 @@ def cmd_demo(args) -> int:
         cfg.out = args.out
     if args.seeds:
         cfg.seeds = args.seeds
+    if args.jobs:
+        cfg.jobs = args.jobs
     run_demo(cfg)
     return 0
 
@@ -417,6 +422,8 @@ def _add_eval_parsers(sub, bench_sub) -> None:
     ev.add_argument("--method", choices=["elastic", "truncate", "s1", "l1", "none"], default="elastic")
     ev.add_argument("--thinking-budgets", default="1024,2048,3072,4096", help="comma-separated t values")
     ev.add_argument("--solution-budget", type=_non_negative_int, default=1024, help="s (default 1024)")
+    ev.add_argument("--solution-budgets", default=None,
+                    help="a grid of s, comma-separated (every t with every s), instead of --solution-budget")
     ev.add_argument("--samples", "-k", type=_positive_int, default=1, help="samples per problem K (paper: 16)")
     ev.add_argument("--limit", type=_positive_int, default=None, help="only the first N problems")
     ev.add_argument("--output", "-o", default=None, help="output directory (default runs/eval/<model>-<dataset>)")
@@ -448,6 +455,9 @@ def _add_eval_parsers(sub, bench_sub) -> None:
                         description="One line per model and method across the eval output directories given.")
     rp.add_argument("dirs", nargs="+", metavar="DIR", help="eval output directories")
     rp.add_argument("--output", "-o", default=None, help="where report.md and the PNG go (default: the first DIR)")
+    rp.add_argument("--paired", action="store_true",
+                    help="also each DIR after the first minus the first, per sweep point, on the same problems "
+                         "(paired bootstrap interval); runs with other datasets or sampling settings are refused")
     rp.set_defaults(func=cmd_report)
 
     be = bench_sub.add_parser("eval", help="shared thinking vs independent runs: tokens decoded and wall time",
@@ -489,6 +499,7 @@ def cmd_eval(args) -> int:
         model=args.model, dataset=args.dataset, method=args.method,
         thinking_budgets=tuple(_int_list(args.thinking_budgets, "--thinking-budgets")),
         solution_budget=args.solution_budget, samples=args.samples, limit=args.limit, seed=args.seed,
+        solution_budgets=tuple(_int_list(args.solution_budgets, "--solution-budgets")) if args.solution_budgets else (),
         output=args.output, independent=args.independent, temperature=sampling.temperature, top_p=sampling.top_p,
         top_k=sampling.top_k, end_thinking=args.end_thinking, start_thinking=args.start_thinking,
         transition=args.transition, eos_in_thinking=args.eos_in_thinking, answer_prefix=args.answer_prefix,
@@ -505,7 +516,7 @@ def cmd_report(args) -> int:
     from .evaluation.report import write_report
 
     try:
-        md, png, table = write_report(args.dirs, args.output)
+        md, png, table = write_report(args.dirs, args.output, paired=args.paired)
     except FileNotFoundError as err:
         raise CliError(str(err)) from None
     print(table)

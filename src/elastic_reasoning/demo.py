@@ -27,8 +27,8 @@ from pathlib import Path
 @dataclass
 class DemoConfig:
     out: str = "runs/demo"
-    seeds: int = 2
-    """RL seeds (and evaluation seeds of the warm-up model)."""
+    seeds: int = 3
+    """RL seeds (and evaluation seeds of the warm-up model): intervals are over problems and these seeds."""
     train_problems: int = 4000
     heldout_problems: int = 500
     # model
@@ -64,6 +64,8 @@ class DemoConfig:
     eval_max_tokens: int = 256
     """Cap of the no-budget evaluation."""
     quick: bool = False
+    jobs: int = 2
+    """Processes for the GRPO and evaluation stages (one torch thread each). Results do not depend on it."""
 
     @classmethod
     def quick_variant(cls, out: str = "runs/demo-quick") -> "DemoConfig":
@@ -104,7 +106,7 @@ def build_base(cfg: DemoConfig, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def warmup(cfg: DemoConfig, base: Path, path: Path) -> None:
+def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .data.synthetic import generate_problems, training_examples
@@ -116,13 +118,13 @@ def warmup(cfg: DemoConfig, base: Path, path: Path) -> None:
     examples = [WorkedExample(e.problem.prompt, e.thinking, e.solution, e.cut)
                 for e in training_examples(problems, seed=0, cut_fraction=cfg.cut_fraction)]
     loss = supervised_warmup(model, tokenizer, examples, str(path) + ".tmp", steps=cfg.warmup_steps,
-                             batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr)
+                             batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr, bar=bar)
     _say(f"warm-up loss {loss:.3f}")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
 
 
-def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int) -> None:
+def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int, bar=None) -> None:
     from .training.config import from_dict
     from .training.train import train
 
@@ -136,42 +138,37 @@ def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int) -> None
             "lr_scheduler_type": "constant", "per_device_train_batch_size": cfg.prompts_per_step * cfg.rollouts_per_prompt,
             "num_generations": cfg.rollouts_per_prompt, "beta": cfg.grpo_beta, "loss_type": "dapo", "temperature": 1.0,
             "top_p": 1.0, "max_completion_length": cfg.vanilla_max_tokens, "save_strategy": "no",
-            "logging_steps": 1, "report_to": "none", "seed": seed, "disable_tqdm": False,
+            "logging_steps": 1, "report_to": "none", "seed": seed, "disable_tqdm": True,
         },
     }
-    run_dir = train(from_dict(recipe))
+    run_dir = train(from_dict(recipe), bar=bar)
     final = run_dir / "final"
     final.rename(path)
 
 
-def evaluate(cfg: DemoConfig, model_dir: Path, seed: int) -> list[dict]:
-    """Per thinking budget (and None): accuracy and token means on the held-out problems, one sampling seed."""
-    from .budget import BudgetConfig
-    from .data.synthetic import generate_problems, score_synthetic
-    from .generation.record import SamplingConfig
+def eval_configs(cfg: DemoConfig, model_dir: Path, key: str, seed: int, out: Path):
+    """The two evaluation runs of one model (the elastic sweep and the no-budget point), through ``evaluation/``
+    into one results store (``out/eval/<key>``): the same scoring, shared thinking, resume, and ``report``."""
+    from .evaluation.runner import EvalConfig
+
+    common = dict(model=str(model_dir), dataset="synthetic", model_name=key, output=str(out / "eval" / key),
+                  dataset_options={"n": cfg.heldout_problems, "split": "test", "seed": 0},
+                  solution_budget=cfg.solution_budget, samples=1, seed=seed, temperature=1.0, top_p=1.0,
+                  max_tokens=cfg.eval_max_tokens, max_batch_size=256, device="cpu", progress=False)
+    return [EvalConfig(method="elastic", thinking_budgets=tuple(cfg.budgets), **common),
+            EvalConfig(method="none", **common)]
+
+
+def evaluate(cfg: DemoConfig, model_dir: Path, key: str, seed: int, out: Path) -> Path:
+    """Evaluate one model on the held-out problems (one sampling seed); returns its store directory."""
+    from .evaluation.runner import run_eval
     from .generation.engines import load_engine
 
+    configs = eval_configs(cfg, model_dir, key, seed, out)
     engine = load_engine(str(model_dir), "transformers", device="cpu", max_batch_size=256)
-    problems = generate_problems(cfg.heldout_problems, "test", seed=0)
-    prompts = [p.prompt for p in problems]
-    rows = []
-    for budget in [*cfg.budgets, None]:
-        if budget is None:
-            config = BudgetConfig(max_total_tokens=cfg.eval_max_tokens)
-        else:
-            config = BudgetConfig(thinking_budget=budget, solution_budget=cfg.solution_budget)
-        out = engine.generate(prompts, config, SamplingConfig(temperature=1.0, top_p=1.0, seed=seed))
-        correct = [score_synthetic(c.solution, p.answer, thinking_ended=c.thinking_ended,
-                                   stopped=c.finish_reason == "stop") for c, p in zip(out, problems)]
-        n = len(out)
-        rows.append({
-            "thinking_budget": budget,
-            "accuracy": 100.0 * sum(correct) / n,
-            "thinking_tokens": sum(c.thinking_tokens for c in out) / n,
-            "solution_tokens": sum(c.solution_tokens for c in out) / n,
-            "truncated_fraction": sum(c.thinking_truncated for c in out) / n,
-        })
-    return rows
+    for config in configs:
+        run_eval(config, engine=engine, log=None)
+    return configs[0].output_dir
 
 
 def minimal_trace_ceiling(cfg: DemoConfig) -> dict:
@@ -184,28 +181,57 @@ def minimal_trace_ceiling(cfg: DemoConfig) -> dict:
     return {b: 100.0 * sum(k <= b for k in needed) / len(needed) for b in cfg.budgets}
 
 
-def summarize(cfg: DemoConfig, evals: dict[str, list[list[dict]]]) -> list[dict]:
-    """One record per (model, thinking budget), means and spreads over seeds."""
+def summarize(cfg: DemoConfig, stores: dict[str, list[Path]]) -> list[dict]:
+    """One record per (model, thinking budget) over the model's seeds: the mean, its 95 % interval (bootstrap over
+    problems and seeds, ``evaluation/stats.py``), the seed spread, token means, and for E1 its paired difference
+    from vanilla GRPO on the same problems. Each record also carries the fields of an eval summary (``accuracy``,
+    ``total_tokens``, ``pass_at_k``...), so ``elastic-reasoning report runs/demo`` reads it like any eval directory."""
+    from .evaluation.metrics import avg_at_k
+    from .evaluation.stats import mean_ci, paired_difference_ci, score_matrix
+    from .evaluation.store import ResultStore
+
     ceiling = minimal_trace_ceiling(cfg)
+    rows = {model: [ResultStore.read(d) for d in dirs] for model, dirs in stores.items()}
+    matrices: dict[tuple[str, int | None], object] = {}
     records = []
-    for model, runs in evals.items():
-        for k, row in enumerate(runs[0]):
-            per_seed = [run[k] for run in runs]
-            acc = [r["accuracy"] for r in per_seed]
-            budget = row["thinking_budget"]
+    for model, per_seed in rows.items():
+        for budget in [*cfg.budgets, None]:
+            method = "none" if budget is None else "elastic"
+            seed_rows = [[r for r in rs if r["method"] == method and r["budget"] == budget] for rs in per_seed]
+            if any(not sr for sr in seed_rows):
+                raise RuntimeError(f"demo: no results for {model} at budget {budget} in one of its seeds")
+            matrix = score_matrix([avg_at_k(sr) for sr in seed_rows])
+            matrices[(model, budget)] = matrix
+            mean, low, high = mean_ci(matrix, seed=0)
+            per_seed_acc = [100.0 * float(m) for m in matrix.mean(axis=1)]
+            flat = [r for sr in seed_rows for r in sr]
+            n = len(flat)
+            mean_of = lambda field: sum(r[field] for r in flat) / n  # noqa: E731
             records.append({
-                "model": model,
-                "thinking_budget": budget,
+                "model": model, "dataset": "synthetic", "method": method, "thinking_budget": budget,
+                "solution_budget": None if budget is None else cfg.solution_budget,
+                "max_total_tokens": cfg.eval_max_tokens if budget is None else None,
                 "seen_in_training": model == "e1" and budget == cfg.thinking_budget,
-                "accuracy_mean": statistics.fmean(acc),
-                "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                "thinking_tokens_mean": statistics.fmean(r["thinking_tokens"] for r in per_seed),
-                "solution_tokens_mean": statistics.fmean(r["solution_tokens"] for r in per_seed),
-                "truncated_fraction_mean": statistics.fmean(r["truncated_fraction"] for r in per_seed),
+                "accuracy_mean": 100.0 * mean, "accuracy_ci_low": 100.0 * low, "accuracy_ci_high": 100.0 * high,
+                "accuracy_std": statistics.stdev(per_seed_acc) if len(per_seed_acc) > 1 else 0.0,
+                "accuracy_per_seed": per_seed_acc,
+                "thinking_tokens_mean": mean_of("thinking_tokens"), "solution_tokens_mean": mean_of("solution_tokens"),
+                "truncated_fraction_mean": sum(bool(r.get("thinking_cut", r["thinking_truncated"])) for r in flat) / n,
+                "no_answer_fraction": sum(not r.get("answered", True) for r in flat) / n,
                 "minimal_trace_ceiling": ceiling.get(budget) if budget is not None else 100.0,
-                "seeds": len(per_seed),
-                "heldout_problems": cfg.heldout_problems,
+                "seeds": len(seed_rows), "heldout_problems": cfg.heldout_problems,
+                # the eval-summary fields (report, format_table)
+                "accuracy": 100.0 * mean, "pass_at_k": {"1": 100.0 * mean}, "thinking_tokens": mean_of("thinking_tokens"),
+                "solution_tokens": mean_of("solution_tokens"), "total_tokens": mean_of("total_tokens"),
+                "truncated_fraction": sum(bool(r.get("thinking_cut", r["thinking_truncated"])) for r in flat) / n,
+                "tokens_generated": int(sum(r["tokens_generated"] for r in flat)),
+                "problems": matrix.shape[1], "samples": 1, "completions": n, "mode": "shared",
             })
+    for r in records:  # paired differences on the same problems: E1 (and the warm-up) minus vanilla GRPO
+        if r["model"] != "vanilla" and ("vanilla", r["thinking_budget"]) in matrices:
+            d, lo, hi = paired_difference_ci(matrices[(r["model"], r["thinking_budget"])],
+                                             matrices[("vanilla", r["thinking_budget"])], seed=0)
+            r.update(minus_vanilla=100.0 * d, minus_vanilla_ci_low=100.0 * lo, minus_vanilla_ci_high=100.0 * hi)
     return records
 
 
@@ -218,37 +244,47 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
     budgets = [*cfg.budgets, None]
     by = {(r["model"], r["thinking_budget"]): r for r in records}
     models = [m for m in ("warmup", "vanilla", "e1") if (m, None) in by]
+    seeds = by[(models[0], None)]["seeds"]
     lines = [
-        f"Held-out problems: {cfg.heldout_problems}, sampling at T=1, {cfg.seeds} seeds (mean ± std). "
-        f"t* = {cfg.thinking_budget} (E1's training budget); solution budget s = {cfg.solution_budget} in training "
-        "and in every evaluation. Accuracy % "
-        "(thinking tokens in parentheses).",
+        f"Held-out problems: {cfg.heldout_problems}, sampling at T=1, {seeds} seeds (one trained model per seed for "
+        "GRPO; the warm-up is sampled with each seed). Accuracy % as mean [95 % bootstrap interval over problems and "
+        f"seeds], thinking tokens in parentheses. t* = {cfg.thinking_budget} (E1's training budget); solution budget "
+        f"s = {cfg.solution_budget} in training and in every evaluation. Last columns: E1 minus vanilla GRPO on the "
+        "same problems (paired, with its interval) and the ceiling of a model that merely writes the minimal trace "
+        "and cannot answer once cut.",
         "",
-        "| thinking budget | " + " | ".join(models) + " | minimal-trace ceiling |",
-        "|---|" + "---|" * (len(models) + 1),
+        "| thinking budget | " + " | ".join(models) + " | E1 - vanilla | minimal-trace ceiling |",
+        "|---|" + "---|" * (len(models) + 2),
     ]
     for b in budgets:
         label = "none" if b is None else (f"**{b} (t\\*)**" if b == cfg.thinking_budget else str(b))
         cells = []
         for m in models:
             r = by[(m, b)]
-            cells.append(f"{r['accuracy_mean']:.1f} ± {r['accuracy_std']:.1f} ({r['thinking_tokens_mean']:.1f})")
+            cells.append(f"{r['accuracy_mean']:.1f} [{r['accuracy_ci_low']:.1f}, {r['accuracy_ci_high']:.1f}] "
+                         f"({r['thinking_tokens_mean']:.1f})")
+        e1 = by.get(("e1", b), {})
+        diff = (f"{e1['minus_vanilla']:+.1f} [{e1['minus_vanilla_ci_low']:+.1f}, {e1['minus_vanilla_ci_high']:+.1f}]"
+                if "minus_vanilla" in e1 else "-")
         ceiling = by[(models[0], b)]["minimal_trace_ceiling"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {ceiling:.1f} |")
-    lines += ["", f"Demo wall time: {elapsed / 60:.1f} min."]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {ceiling:.1f} |")
+    lines += ["", f"Demo wall time: {elapsed / 60:.1f} min ({cfg.jobs} parallel jobs)."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for m, color in zip(models, ("tab:gray", "tab:blue", "tab:red")):
         pts = [by[(m, b)] for b in cfg.budgets]
-        ax.plot([p["thinking_tokens_mean"] + p["solution_tokens_mean"] for p in pts],
-                [p["accuracy_mean"] for p in pts], "o-", color=color, label=m)
+        xs = [p["thinking_tokens_mean"] + p["solution_tokens_mean"] for p in pts]
+        ys = [p["accuracy_mean"] for p in pts]
+        err = [[p["accuracy_mean"] - p["accuracy_ci_low"] for p in pts], [p["accuracy_ci_high"] - p["accuracy_mean"] for p in pts]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", color=color, label=m, capsize=2, markersize=4)
         nb = by[(m, None)]
-        ax.plot([nb["thinking_tokens_mean"] + nb["solution_tokens_mean"]], [nb["accuracy_mean"]], "*", color=color,
-                markersize=12)
+        ax.errorbar([nb["thinking_tokens_mean"] + nb["solution_tokens_mean"]], [nb["accuracy_mean"]],
+                    yerr=[[nb["accuracy_mean"] - nb["accuracy_ci_low"]], [nb["accuracy_ci_high"] - nb["accuracy_mean"]]],
+                    fmt="*", color=color, markersize=12, capsize=2)
     ax.set_xlabel("mean tokens (thinking + solution); stars: no budget")
-    ax.set_ylabel("accuracy on held-out problems (%)")
-    ax.set_title("Elastic Reasoning on the synthetic task (tiny model, CPU)")
+    ax.set_ylabel("accuracy on held-out problems (%), 95 % CI")
+    ax.set_title(f"Elastic Reasoning on the synthetic task (tiny model, CPU, {seeds} seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -256,9 +292,79 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
     plt.close(fig)
 
 
-def run_demo(cfg: DemoConfig) -> Path:
+# -- running stages in parallel processes ---------------------------------------------------------------------
+def _one_thread() -> None:
     import torch
 
+    torch.set_num_threads(1)
+
+
+class _NoBar:
+    """Where a worker process's steps go: the parent's bar counts them from the files the worker writes."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _job(kind: str, *args, bar=None) -> None:
+    """One unit of a stage (top level, so a spawned worker can import it). Quiet: the Trainer's per-step lines go
+    to ``metrics.jsonl`` only, and warnings a demo user cannot act on are silenced."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if kind == "grpo":
+        grpo(*args, bar=bar if bar is not None else _NoBar())
+    else:
+        evaluate(*args)
+
+
+def _run_stage(jobs: list[tuple], workers: int, bar, progress) -> None:
+    """Run ``jobs`` (``_job`` arguments), ``workers`` at a time in spawned processes (one torch thread each: a tiny
+    model decodes no faster on two threads, so two processes do twice the work); ``progress()`` counts what is
+    done from the files the jobs write, for the stage's bar. One worker: in this process."""
+    if not jobs:
+        return
+    if workers <= 1:
+        for job in jobs:
+            _job(*job, bar=bar if job[0] == "grpo" else None)
+            bar.n = progress()
+            bar.refresh()
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+        pending = {pool.submit(_job, *job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()  # a failed job stops the demo with its own error
+            bar.n = progress()
+            bar.refresh()
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def run_demo(cfg: DemoConfig) -> Path:
+    import os
+    import warnings
+
+    import torch
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # warnings a demo user cannot act on
+    warnings.filterwarnings("ignore", category=UserWarning)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(cfg.out)
     models = out / "models"
@@ -267,38 +373,51 @@ def run_demo(cfg: DemoConfig) -> Path:
     start = time.perf_counter()
     seeds = list(range(cfg.seeds))
     total = 5
+
+    def bar(label: str, n: int, unit: str):
+        return tqdm(total=n, desc=label, unit=unit, dynamic_ncols=True, leave=True)
+
     with Stage(1, total, "build the tiny model"):
         if not (models / "base" / "config.json").exists():
             build_base(cfg, models / "base")
     with Stage(2, total, f"supervised warm-up ({cfg.warmup_steps} steps)"):
         if not (models / "warmup" / "config.json").exists():
-            warmup(cfg, models / "base", models / "warmup")
+            with bar("warm-up", cfg.warmup_steps, "step") as b:
+                warmup(cfg, models / "base", models / "warmup", bar=b)
+    runs = [(name, mode, seed) for seed in seeds for mode, name in (("elastic", "e1"), ("vanilla", "vanilla"))]
     with Stage(3, total, f"GRPO, E1 (t*={cfg.thinking_budget}, s*={cfg.solution_budget}) and vanilla, "
                          f"{cfg.grpo_steps} steps x {len(seeds)} seeds"):
-        for seed in seeds:
-            for mode, name in (("elastic", "e1"), ("vanilla", "vanilla")):
-                target = models / f"{name}-seed{seed}"
-                if not (target / "config.json").exists():
-                    _say(f"{name}, seed {seed}")
-                    grpo(cfg, models / "warmup", target, mode, seed)
-    evals_path = out / "evals.json"
-    evals: dict = json.loads(evals_path.read_text()) if evals_path.exists() else {}
-    with Stage(4, total, f"budget sweep on {cfg.heldout_problems} held-out problems"):
-        plan = [("warmup", f"warmup@{s}", models / "warmup", s) for s in seeds]
-        plan += [(name, f"{name}-seed{s}", models / f"{name}-seed{s}", s) for name in ("vanilla", "e1") for s in seeds]
-        for name, key, path, seed in plan:
-            if key not in evals:
-                _say(f"evaluating {key}")
-                evals[key] = {"model": name, "rows": evaluate(cfg, path, seed)}
-                evals_path.write_text(json.dumps(evals))
+        target = lambda name, seed: models / f"{name}-seed{seed}"  # noqa: E731
+        todo = [("grpo", cfg, models / "warmup", target(name, seed), mode, seed) for name, mode, seed in runs
+                if not (target(name, seed) / "config.json").exists()]
+
+        def steps_done() -> int:
+            return sum(cfg.grpo_steps if (target(n, s) / "config.json").exists()
+                       else _lines(Path(str(target(n, s)) + ".run") / "metrics.jsonl") for n, _, s in runs)
+
+        with bar("GRPO", cfg.grpo_steps * len(runs), "step") as b:
+            b.n = steps_done()
+            _run_stage(todo, cfg.jobs, b, steps_done)
+    plan = [("warmup", f"warmup@{s}", models / "warmup", s) for s in seeds]
+    plan += [(name, f"{name}-seed{s}", models / f"{name}-seed{s}", s) for name in ("vanilla", "e1") for s in seeds]
+    per_model = len(cfg.budgets) + 1
+    with Stage(4, total, f"budget sweep on {cfg.heldout_problems} held-out problems, through evaluation/"):
+        def results_done() -> int:
+            return sum(_lines(out / "eval" / key / "results.jsonl") for _, key, _, _ in plan)
+
+        jobs = [("evaluate", cfg, path, key, seed, out) for _, key, path, seed in plan
+                if _lines(out / "eval" / key / "results.jsonl") < per_model * cfg.heldout_problems]
+        with bar("evaluation", per_model * cfg.heldout_problems * len(plan), "result") as b:
+            b.n = results_done()
+            _run_stage(jobs, cfg.jobs, b, results_done)
     with Stage(5, total, "report"):
-        grouped: dict[str, list] = {}
-        for entry in evals.values():
-            grouped.setdefault(entry["model"], []).append(entry["rows"])
-        records = summarize(cfg, grouped)
+        stores: dict[str, list[Path]] = {}
+        for name, key, _, _ in plan:
+            stores.setdefault(name, []).append(out / "eval" / key)
+        records = summarize(cfg, stores)
         (out / "summary.json").write_text(json.dumps(records, indent=1))
         write_report(cfg, records, out, time.perf_counter() - start)
     print((out / "results.md").read_text())
-    _say(f"wrote {out}/summary.json, results.md, accuracy_vs_tokens.png")
+    _say(f"wrote {out}/summary.json, results.md, accuracy_vs_tokens.png; per-model results in {out}/eval/; "
+         f"`elastic-reasoning report {out}` reads it like any eval directory")
     return out
-

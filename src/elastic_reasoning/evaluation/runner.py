@@ -45,6 +45,9 @@ class EvalConfig:
     """Sweep values ``t`` (the paper's code sweep)."""
     solution_budget: int = 1024
     """Solution budget ``s`` (elastic, s1); truncate and l1 use the total ``t + s``."""
+    solution_budgets: tuple[int, ...] = ()
+    """A grid of solution budgets instead of the one ``solution_budget``: every ``t`` is run with every ``s`` (rows
+    and summary records carry ``s``; the points of one ``s`` share thinking, and so do the ``s`` of one ``t``)."""
     samples: int = 1
     """Samples per problem ``K`` (paper: 16 for math, 8 for Codeforces)."""
     limit: int | None = None
@@ -97,6 +100,9 @@ class EvalConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         self.thinking_budgets = tuple(self.thinking_budgets)
+        self.solution_budgets = tuple(sorted(set(self.solution_budgets)))
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in self.solution_budgets):
+            raise ValueError(f"solution budgets must be non-negative integers, got {list(self.solution_budgets)}")
         SamplingConfig(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)  # validates
 
     @property
@@ -124,7 +130,14 @@ class EvalConfig:
             "eos_in_thinking": self.eos_in_thinking, "answer_prefix": self.answer_prefix,
             "l1_prompt": self.l1_prompt, "max_tokens": self.max_tokens, "endpoint": self.endpoint,
             "backend": None if self.endpoint else self.backend,
+            **({"solution_budgets": list(self.solution_budgets)} if self.solution_budgets else {}),
         }
+
+    @property
+    def grid(self) -> tuple[int | None, ...]:
+        """The solution budgets swept: the grid, or ``(None,)`` for the single ``solution_budget`` (rows then carry
+        no ``s`` field, as before grids existed)."""
+        return (self.solution_budgets or (None,)) if self.method != "none" else (None,)
 
     def base_budget(self) -> BudgetConfig:
         return BudgetConfig(end_thinking=self.end_thinking, start_thinking=self.start_thinking,
@@ -174,14 +187,15 @@ def canonical_text(tokenizer, text: str) -> str:
     return text
 
 
-def _points(config: EvalConfig, tokenizer=None) -> list[MethodPoint]:
+def _points(config: EvalConfig, tokenizer=None, s: int | None = None) -> list[MethodPoint]:
     prefix = config.answer_prefix
     if tokenizer is not None and config.method == "s1":
         prefix = canonical_text(tokenizer, prefix)
         if prefix != config.answer_prefix:
             logger.warning("s1 answer prefix %r forced as %r (what this tokenizer can write)", config.answer_prefix,
                            prefix)
-    return method_points(config.method, config.thinking_budgets, config.solution_budget, base=config.base_budget(),
+    return method_points(config.method, config.thinking_budgets, config.solution_budget if s is None else s,
+                         base=config.base_budget(),
                          answer_prefix=prefix, l1_prompt=config.l1_prompt, max_tokens=config.max_tokens)
 
 
@@ -195,7 +209,7 @@ def run_eval(config: EvalConfig, *, engine=None, log: TextIO | None = sys.stderr
     of the whole directory to ``table``. ``engine``: reuse a loaded engine."""
     start = time.perf_counter()
     problems = load_dataset(config.dataset, data_file=config.data_file, limit=config.limit, **config.dataset_options)
-    points = _points(config)
+    grid = {s: _points(config, s=s) for s in config.grid}
     out_dir = config.output_dir
     per_chunk = max(1, config.max_batch_size // config.samples)
     chunks = _chunks(problems, per_chunk)
@@ -207,21 +221,27 @@ def run_eval(config: EvalConfig, *, engine=None, log: TextIO | None = sys.stderr
 
     computed = decoded_total = 0
     with ResultStore(out_dir, config.settings()) as store:
-        def key(p: Problem, s: int, point: MethodPoint) -> tuple:
-            return (config.label, config.dataset, p.id, s, config.method, point.budget)
+        def key_for(grid_s: int | None):
+            def key(p: Problem, s: int, point: MethodPoint) -> tuple:
+                return (config.label, config.dataset, p.id, s, config.method, point.budget, grid_s)
+            return key
 
-        todo = [(ci, chunk) for ci, chunk in enumerate(chunks)
-                if any(not store.has(key(p, s, pt)) for p in chunk for s in range(config.samples) for pt in points)]
-        missing = sum(not store.has(key(p, s, pt)) for _, chunk in todo for p in chunk
-                      for s in range(config.samples) for pt in points)
+        def missing_in(chunk) -> int:
+            return sum(not store.has(key_for(g)(p, s, pt)) for g, points in grid.items() for p in chunk
+                       for s in range(config.samples) for pt in points)
+
+        todo = [(ci, chunk) for ci, chunk in enumerate(chunks) if missing_in(chunk)]
+        missing = sum(missing_in(chunk) for _, chunk in todo)
+        first = next(iter(grid.values()))
+        grid_note = f", solution budgets {list(config.solution_budgets)}" if config.solution_budgets else ""
         say(f"eval: {config.label} on {config.dataset} ({len(problems)} problems x {config.samples} samples), "
-            f"method {config.method}, budgets {[p.budget for p in points]}, {mode}; "
+            f"method {config.method}, budgets {[p.budget for p in first]}{grid_note}, {mode}; "
             f"{missing} results to compute, {len(store.rows)} already in {out_dir}")
         if todo:
             if engine is None:
                 engine = _make_engine(config)
-            points = _points(config, engine.tokenizer)
-            for pt in points:
+            grid = {s: _points(config, engine.tokenizer, s=s) for s in config.grid}
+            for pt in (pt for points in grid.values() for pt in points):
                 engine.budget_tokens(pt.config)  # a text the tokenizer cannot encode fails now, not mid-run
             from tqdm.auto import tqdm
 
@@ -234,7 +254,9 @@ def run_eval(config: EvalConfig, *, engine=None, log: TextIO | None = sys.stderr
                        file=log or sys.stderr, dynamic_ncols=True)
             try:
                 for ci, chunk in todo:
-                    rows = _run_unit(config, engine, scorer, chunk, ci, points, store, key)
+                    rows = []
+                    for g, points in grid.items():
+                        rows += _run_unit(config, engine, scorer, chunk, ci, points, store, key_for(g), g)
                     written = store.append(rows)
                     computed += written
                     decoded_total += sum(r["tokens_generated"] for r in rows)
@@ -283,7 +305,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _run_unit(config: EvalConfig, engine, scorer, chunk: list[Problem], ci: int, points: list[MethodPoint], store,
-              key) -> list[dict]:
+              key, grid_s: int | None = None) -> list[dict]:
     from .sweep import SweepOutput, independent_sweep, shared_sweep
 
     jobs = [(p, s) for p in chunk for s in range(config.samples)]
@@ -307,14 +329,10 @@ def _run_unit(config: EvalConfig, engine, scorer, chunk: list[Problem], ci: int,
             out.completions[k], out.decoded[k] = c, d
         mode = "independent"
 
-    # The rows this unit must write; a decoded token of a point already stored goes to the largest written point.
+    # The rows this unit must write, each with the tokens an uninterrupted run attributes to it: a repaired or resumed
+    # unit re-decodes its stored siblings too, but that work is not charged to the rows it recomputes.
     wanted = [(k, j) for j, (p, s) in enumerate(jobs) for k, pt in enumerate(points) if not store.has(key(p, s, pt))]
     decoded = {(k, j): out.decoded[k][j] for k, j in wanted}
-    for j in range(len(jobs)):
-        mine = [k for k, jj in wanted if jj == j]
-        if mine:
-            largest = mine[-1]
-            decoded[(largest, j)] += sum(out.decoded[k][j] for k in range(len(points)) if k not in mine)
     completions = [out.completions[k][j] for k, j in wanted]
     graded = scorer.score([jobs[j][0] for _, j in wanted], completions)
     rows = []
@@ -325,6 +343,7 @@ def _run_unit(config: EvalConfig, engine, scorer, chunk: list[Problem], ci: int,
             "model": config.label, "dataset": config.dataset, "problem_id": p.id, "sample": s,
             "method": config.method, "budget": pt.budget, "mode": mode,
             "solution_budget": pt.config.solution_budget, "max_total_tokens": pt.config.max_total_tokens,
+            **({} if grid_s is None else {"s": grid_s}),
             "score": g["score"], "correct": bool(g["correct"]),
             "thinking_tokens": c.thinking_tokens, "solution_tokens": c.solution_tokens,
             "forced_tokens": c.forced_tokens, "total_tokens": c.total_tokens,
@@ -335,7 +354,7 @@ def _run_unit(config: EvalConfig, engine, scorer, chunk: list[Problem], ci: int,
             "finish_reason": c.finish_reason, "tokens_generated": decoded[(k, j)],
             "thinking": c.thinking, "solution": c.solution,
         }
-        for extra in ("extracted_answer", "pass_fraction"):
+        for extra in ("extracted_answer", "pass_fraction", "answered"):
             if extra in g:
                 row[extra] = g[extra]
         rows.append(row)

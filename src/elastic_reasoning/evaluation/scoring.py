@@ -20,7 +20,9 @@ class Scorer:
         self._code = None
 
     def score(self, problems: Sequence[Problem], completions: Sequence[Completion]) -> list[dict[str, Any]]:
-        """Per pair: ``{"score": float, "correct": bool, "extracted": ...}``, in input order."""
+        """Per pair: ``{"score": float, "correct": bool, "answered": bool, ...}``, in input order. ``answered``: the
+        completion has a final answer to grade (thinking ended, and an ``answer N`` line / a boxed or extracted
+        answer / a fenced code block), whether right or wrong."""
         out: list[dict[str, Any] | None] = [None] * len(problems)
         by_kind: dict[str, list[int]] = {}
         for i, p in enumerate(problems):
@@ -48,7 +50,9 @@ class Scorer:
         for p, c in zip(problems, completions):
             s = score_synthetic(c.solution, p.answer, thinking_ended=c.thinking_ended,
                                 stopped=c.finish_reason == "stop")
-            res.append({"score": s, "correct": s >= 1.0})
+            words = c.solution.split()
+            answered = c.thinking_ended and len(words) >= 2 and words[-2] == "answer"
+            res.append({"score": s, "correct": s >= 1.0, "answered": answered})
         return res
 
     def _reward(self, kind: str, problems: Sequence[Problem], completions: Sequence[Completion]) -> list[dict]:
@@ -76,4 +80,9 @@ class Scorer:
             **columns,
         )
         detail = extras.get(extra_name, [None] * len(scores))
-        return [{"score": float(s or 0.0), "correct": (s or 0.0) >= 1.0, extra_name: d} for s, d in zip(scores, detail)]
+        if kind == "math":  # an answer to grade: a final \boxed{} (or whatever the reward extracted) after thinking
+            answered = [d is not None and c.thinking_ended for d, c in zip(detail, completions)]
+        else:  # a program to run: a fenced code block after thinking
+            answered = [c.thinking_ended and "```" in c.solution for c in completions]
+        return [{"score": float(s or 0.0), "correct": (s or 0.0) >= 1.0, extra_name: d, "answered": a}
+                for s, d, a in zip(scores, detail, answered)]

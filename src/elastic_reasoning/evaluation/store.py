@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
 KEY_FIELDS = ("model", "dataset", "problem_id", "sample", "method", "budget")
+"""Every row has these; its key adds ``s``, the swept solution budget of a ``--solution-budgets`` grid (absent:
+None, a run with one solution budget)."""
 
 
 class StoreError(ValueError):
@@ -38,7 +40,7 @@ class StoreError(ValueError):
 
 
 def row_key(row: dict) -> tuple:
-    return tuple(row[f] for f in KEY_FIELDS)
+    return (*(row[f] for f in KEY_FIELDS), row.get("s"))
 
 
 @contextlib.contextmanager

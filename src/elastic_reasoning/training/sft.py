@@ -58,8 +58,9 @@ class _Collator:
 
 def supervised_warmup(model, tokenizer, examples: Sequence[WorkedExample], output_dir: str, *, steps: int = 1500,
                       batch_size: int = 64, learning_rate: float = 3e-3, seed: int = 0, end_thinking: str = "</think>",
-                      progress: bool = True, bf16: bool = False):
-    """Train ``model`` in place on ``examples`` for ``steps`` optimizer steps; returns the final training loss."""
+                      progress: bool = True, bf16: bool = False, bar=None):
+    """Train ``model`` in place on ``examples`` for ``steps`` optimizer steps; returns the final training loss.
+    ``bar``: a tqdm bar advanced per step, replacing the Trainer's console output."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -86,5 +87,9 @@ def supervised_warmup(model, tokenizer, examples: Sequence[WorkedExample], outpu
     )
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                       data_collator=_Collator(tokenizer.pad_token_id))
+    if bar is not None:
+        from .progress import quiet
+
+        quiet(trainer, bar)
     result = trainer.train()
     return result.training_loss

@@ -172,8 +172,14 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, *, bar=None) -> Path:
+    """Train; returns the output directory (its ``final/`` holds the model). ``bar``: a tqdm bar advanced once per
+    step instead of the Trainer's console log lines (``training/progress.py``)."""
     trainer = build_trainer(cfg)
+    if bar is not None:
+        from .progress import quiet
+
+        quiet(trainer, bar)
     out = Path(trainer.args.output_dir)
     resume_from = last_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_from is None:
