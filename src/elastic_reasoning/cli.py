@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="RL seeds; intervals are over problems and seeds (default 3; --quick: 2)")
     demo.add_argument("--jobs", type=_positive_int, default=None,
                       help="parallel processes for GRPO and evaluation, one torch thread each (default 2)")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="any DemoConfig field (src/elastic_reasoning/demo.py), e.g. --set grpo_steps=150 "
+                           "--set e1_budget_mix=[16,24,32]; repeatable")
     demo.set_defaults(func=cmd_demo)
 
     rw = sub.add_parser("reward", help="score one completion with the math or code reward",
@@ -313,6 +316,9 @@ def cmd_demo(args) -> int:
         cfg.seeds = args.seeds
     if args.jobs:
         cfg.jobs = args.jobs
+    from .demo import apply_overrides
+
+    apply_overrides(cfg, args.set or [])
     run_demo(cfg)
     return 0
 
@@ -455,6 +461,9 @@ def _add_eval_parsers(sub, bench_sub) -> None:
                         description="One line per model and method across the eval output directories given.")
     rp.add_argument("dirs", nargs="+", metavar="DIR", help="eval output directories")
     rp.add_argument("--output", "-o", default=None, help="where report.md and the PNG go (default: the first DIR)")
+    rp.add_argument("--codeforces", metavar="CONTESTS.json", default=None,
+                    help="also a Codeforces rating per sweep point (CodeElo's method) from the contests' standings "
+                         "and ratings in this file (format: evaluation/codeforces.py); problem ids CONTEST/INDEX")
     rp.add_argument("--paired", action="store_true",
                     help="also each DIR after the first minus the first, per sweep point, on the same problems "
                          "(paired bootstrap interval); runs with other datasets or sampling settings are refused")
@@ -520,6 +529,10 @@ def cmd_report(args) -> int:
     except FileNotFoundError as err:
         raise CliError(str(err)) from None
     print(table)
+    if args.codeforces:
+        from .evaluation.codeforces import rating_table
+
+        print("\n" + rating_table(args.dirs, args.codeforces))
     print(f"\nreport: {md}\nplot: {png}")
     return 0
 

@@ -58,6 +58,10 @@ class DemoConfig:
     and answer (``S + x = S' ...`` is 4 tokens a step, ``answer S`` and EOS 3 more). Smaller than the work of a whole
     problem, as a solution budget is in the paper's setting: a solution cannot redo the thinking a cut removed, so
     the thinking a model did before the cut is what counts."""
+    e1_budget_mix: list[int] = field(default_factory=list)
+    """E1 trains at this mix of thinking budgets instead of t* alone: each prompt's group draws one (``rollout.
+    thinking_budget_mix``). Empty: t* only. ``seen_in_training`` still marks t*; the mix is recorded in the
+    config."""
     vanilla_max_tokens: int = 160
     # evaluation
     budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 40, 48, 64])
@@ -72,6 +76,28 @@ class DemoConfig:
         """Minutes, not tens of minutes: checks the pipeline end to end, not the scientific claim."""
         return cls(out=out, seeds=2, train_problems=600, heldout_problems=60, warmup_steps=120, grpo_steps=4,
                    prompts_per_step=8, rollouts_per_prompt=4, budgets=[8, 32, 64], quick=True)
+
+
+def apply_overrides(cfg: DemoConfig, items: list[str]) -> DemoConfig:
+    """``KEY=VALUE`` settings (YAML values: ``grpo_steps=150``, ``e1_budget_mix=[16,24,32]``) onto ``cfg``."""
+    import dataclasses
+
+    import yaml
+
+    names = {f.name: f for f in dataclasses.fields(DemoConfig)}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in names:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(names))}")
+        value = yaml.safe_load(text)
+        default = getattr(DemoConfig(), key)
+        if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
+                isinstance(default, list) and not isinstance(value, list)):
+            raise ValueError(f"--set {key}: expected a value like {default!r}, got {value!r}")
+        setattr(cfg, key, value)
+    return cfg
 
 
 def _say(msg: str) -> None:
@@ -131,7 +157,9 @@ def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int, bar=Non
     recipe = {
         "model": {"name_or_path": str(start)},
         "data": {"dataset": "synthetic", "synthetic": {"num_problems": cfg.train_problems}},
-        "rollout": {"mode": mode, "thinking_budget": cfg.thinking_budget, "solution_budget": cfg.solution_budget},
+        "rollout": {"mode": mode, "thinking_budget": cfg.thinking_budget, "solution_budget": cfg.solution_budget,
+                    **({"thinking_budget_mix": list(cfg.e1_budget_mix)} if mode == "elastic" and cfg.e1_budget_mix
+                       else {})},
         "rewards": ["synthetic"],
         "trainer": {
             "output_dir": str(path) + ".run", "max_steps": cfg.grpo_steps, "learning_rate": cfg.grpo_lr,
@@ -306,15 +334,24 @@ class _NoBar:
         pass
 
 
+def _quiet_libraries() -> None:
+    """Warnings and progress bars a demo user cannot act on (loading weights, writing shards, dataset maps)."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
 def _job(kind: str, *args, bar=None) -> None:
     """One unit of a stage (top level, so a spawned worker can import it). Quiet: the Trainer's per-step lines go
     to ``metrics.jsonl`` only, and warnings a demo user cannot act on are silenced."""
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
+    _quiet_libraries()
     if kind == "grpo":
         grpo(*args, bar=bar if bar is not None else _NoBar())
     else:
@@ -356,26 +393,35 @@ def _lines(path: Path) -> int:
 
 def run_demo(cfg: DemoConfig) -> Path:
     import os
-    import warnings
+    import sys
 
     import torch
     from tqdm.auto import tqdm
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()  # warnings a demo user cannot act on
-    warnings.filterwarnings("ignore", category=UserWarning)
+    _quiet_libraries()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(cfg.out)
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
-    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    stored_path = out / "demo_config.json"
+    if stored_path.exists():  # stages whose outputs exist are reused: only for the same settings
+        stored = json.loads(stored_path.read_text())
+        differ = [k for k, v in asdict(cfg).items() if k not in ("out", "jobs") and stored.get(k, v) != v]
+        if differ:
+            raise ValueError(f"{out} holds a demo run with other settings ("
+                             + "; ".join(f"{k}: {stored.get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ)
+                             + "); use another --out, or remove it")
+    stored_path.write_text(json.dumps(asdict(cfg), indent=1))
     start = time.perf_counter()
     seeds = list(range(cfg.seeds))
     total = 5
 
-    def bar(label: str, n: int, unit: str):
-        return tqdm(total=n, desc=label, unit=unit, dynamic_ncols=True, leave=True)
+    tty = sys.stderr.isatty()
+
+    def bar(label: str, n: int, unit: str):  # one line per stage; in a log file, an update every 30 s
+        return tqdm(total=n, desc=label, unit=unit, dynamic_ncols=True, leave=True, file=sys.stderr,
+                    mininterval=0.5 if tty else 30.0)
 
     with Stage(1, total, "build the tiny model"):
         if not (models / "base" / "config.json").exists():

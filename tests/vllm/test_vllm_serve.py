@@ -28,7 +28,7 @@ def free_port() -> int:
 def vllm_server(toy_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "server.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", OMP_NUM_THREADS="1", VLLM_SERVER_DEV_MODE="1")  # as TRL needs it
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine core in its own process
     # The budget processor comes in through this package's vllm.logits_processors entry point: no flag needed.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(toy_dir), "--host",

@@ -12,6 +12,7 @@ its client) and of ``load_engine(backend="vllm-server", endpoint=URL)``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from ..budget import BudgetConfig, BudgetRow, BudgetTokens
@@ -22,6 +23,8 @@ from .seeds import derive_seed, fresh_seed
 from .two_call import completion_of
 from .vllm_args import budget_extra_args, request_max_tokens, vllm_sampling_kwargs
 from .vllm_engine import LOGPROBS_MODE, replay
+
+logger = logging.getLogger(__name__)
 
 
 class VLLMServerEngine:
@@ -43,8 +46,10 @@ class VLLMServerEngine:
             mode = None
             try:
                 mode = self.client.get_server_info()["model_config"]["logprobs_mode"]
-            except Exception:  # noqa: BLE001 - an older server, or a stand-in client: the mode is unknown
-                pass
+            except Exception as err:  # noqa: BLE001 - no dev endpoints (VLLM_SERVER_DEV_MODE), or a stand-in client
+                logger.warning("cannot read the vLLM server's logprobs_mode (%s): completions carry NaN log-probs "
+                               "(logprobs_kind='unavailable'); start it with VLLM_SERVER_DEV_MODE=1, as TRL's server "
+                               "mode needs anyway", str(err).splitlines()[0] if str(err) else type(err).__name__)
             mode = getattr(mode, "value", mode)
             if mode is not None and mode != LOGPROBS_MODE:
                 raise ValueError(f"the vLLM server runs with --logprobs-mode {mode}; the budgeted engines need "

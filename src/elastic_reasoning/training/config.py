@@ -56,6 +56,10 @@ class RolloutConfig:
     (trainer.max_completion_length). truncate: plain truncation at one total budget t* + s*."""
     thinking_budget: int = 1024
     """t*: tokens the model may sample while thinking (elastic)."""
+    thinking_budget_mix: list[int] = field(default_factory=list)
+    """Train at a mix of thinking budgets instead of t* alone (elastic): each prompt's group of rollouts draws one
+    budget from this list (repeat a value to weight it), so GRPO's advantage compares rollouts of one budget. The
+    draw is a hash of (seed, step, prompt text): every process gives a group the same budget. Empty: t* only."""
     solution_budget: int = 1024
     """s*: tokens sampled after thinking ends, EOS included (elastic)."""
     end_thinking: str = "</think>"
@@ -147,6 +151,11 @@ def from_dict(raw: dict) -> TrainConfig:
                           "rollout.engine says; set rollout.engine: vllm to generate them in vLLM")
     if cfg.rollout.mode not in ("elastic", "vanilla", "truncate"):
         raise ConfigError(f"rollout.mode must be elastic, vanilla or truncate, got {cfg.rollout.mode!r}")
+    mix = cfg.rollout.thinking_budget_mix
+    if not isinstance(mix, list) or any(isinstance(b, bool) or not isinstance(b, int) or b < 0 for b in mix):
+        raise ConfigError(f"rollout.thinking_budget_mix must be a list of non-negative integers, got {mix!r}")
+    if mix and cfg.rollout.mode != "elastic":
+        raise ConfigError("rollout.thinking_budget_mix applies to rollout.mode elastic only")
     return cfg
 
 

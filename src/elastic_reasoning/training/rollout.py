@@ -48,6 +48,26 @@ def budget_for(rollout: RolloutConfig, max_completion_length: int) -> BudgetConf
     return BudgetConfig.plain(cap, **common)  # the same plain decoding as evaluation's truncate baseline
 
 
+def budgets_for(rollout: RolloutConfig, prompts: list, max_completion_length: int, *, seed: int,
+                step: int) -> list[BudgetConfig]:
+    """The budget of each prompt entry: ``budget_for`` everywhere, or with ``thinking_budget_mix`` one thinking
+    budget per prompt drawn from a hash of (seed, step, prompt text), so the rollouts of a group (which TRL spreads
+    over processes) share it and GRPO's advantage compares rollouts of one budget."""
+    base = budget_for(rollout, max_completion_length)
+    mix = rollout.thinking_budget_mix
+    if not mix:
+        return [base] * len(prompts)
+    import dataclasses
+    import hashlib
+
+    out = []
+    for prompt in prompts:
+        text = prompt if isinstance(prompt, str) else repr(prompt)
+        digest = hashlib.blake2b(f"{seed}|{step}|{text}".encode(), digest_size=8).digest()
+        out.append(dataclasses.replace(base, thinking_budget=mix[int.from_bytes(digest, "little") % len(mix)]))
+    return out
+
+
 def rollout_columns(completions: list[Completion], train_on_forced_tokens: bool) -> dict[str, list]:
     """The dict TRL expects from a rollout_func, built from engine completions."""
     return {
@@ -71,8 +91,8 @@ def make_rollout_func(rollout: RolloutConfig, seed: int = 0) -> Callable:
     def rollout_func(prompts: list, trainer) -> dict:
         args = trainer.args
         model = trainer.accelerator.unwrap_model(trainer.model)
-        budget = budget_for(rollout, args.max_completion_length)
         step = trainer.state.global_step
+        budget = budgets_for(rollout, prompts, args.max_completion_length, seed=seed, step=step)
         sampling = SamplingConfig(
             temperature=args.temperature,
             top_p=args.top_p if args.top_p is not None else 1.0,
@@ -95,13 +115,13 @@ def make_rollout_func(rollout: RolloutConfig, seed: int = 0) -> Callable:
         finally:
             model.train(was_training)
         elapsed = time.perf_counter() - start
-        _log_rollout_metrics(trainer, completions, elapsed)
+        _log_rollout_metrics(trainer, completions, elapsed, budget)
         return rollout_columns(completions, rollout.train_on_forced_tokens)
 
     return rollout_func
 
 
-def _vllm_rollouts(trainer, state: dict, prompts: list, budget: BudgetConfig,
+def _vllm_rollouts(trainer, state: dict, prompts: list, budget: list[BudgetConfig],
                    sampling: SamplingConfig) -> list[Completion]:
     """Budgeted rollouts in TRL's vLLM: the offline engine in colocate mode, the HTTP client in server mode."""
     generation = getattr(trainer, "vllm_generation", None)
@@ -126,7 +146,8 @@ def _vllm_rollouts(trainer, state: dict, prompts: list, budget: BudgetConfig,
                            seed_process=trainer.accelerator.process_index)
 
 
-def _log_rollout_metrics(trainer, completions: list[Completion], elapsed: float) -> None:
+def _log_rollout_metrics(trainer, completions: list[Completion], elapsed: float,
+                         budgets: list[BudgetConfig] = ()) -> None:
     """Per-step rollout statistics, logged by TRL beside its own (averaged over processes at each log)."""
     metrics = getattr(trainer, "_metrics", None)
     if metrics is None or not completions:
@@ -142,6 +163,9 @@ def _log_rollout_metrics(trainer, completions: list[Completion], elapsed: float)
         "rollout/tokens_generated": float(sum(c.total_tokens for c in completions)),
         "rollout/seconds": elapsed,
     }
+    used = [b.thinking_budget for b in budgets if b.thinking_budget is not None]
+    if used:
+        values["rollout/thinking_budget"] = sum(used) / len(used)
     for key, value in values.items():
         metrics[mode][key].append(value)
 
