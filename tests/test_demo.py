@@ -19,14 +19,35 @@ def test_quick_demo_writes_a_well_formed_report(tmp_path, monkeypatch):
         (m, b) for m in ("warmup", "vanilla", "e1") for b in [*cfg.budgets, None]}
     for r in records:
         assert {"accuracy_mean", "accuracy_std", "thinking_tokens_mean", "solution_tokens_mean", "seeds",
-                "seen_in_training"} <= r.keys()
+                "seen_in_training", "accuracy_ci_low", "accuracy_ci_high", "accuracy", "total_tokens"} <= r.keys()
         assert 0 <= r["accuracy_mean"] <= 100 and r["seeds"] == cfg.seeds
+        assert r["accuracy_ci_low"] <= r["accuracy_mean"] <= r["accuracy_ci_high"]
+        if r["model"] == "e1":
+            assert r["minus_vanilla_ci_low"] <= r["minus_vanilla"] <= r["minus_vanilla_ci_high"]
         if r["thinking_budget"] is not None:
             assert r["thinking_tokens_mean"] <= r["thinking_budget"]
     assert [r["thinking_budget"] for r in records if r["seen_in_training"]] == [cfg.thinking_budget]
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 1000
     assert "minimal-trace ceiling" in (out / "results.md").read_text()
+    # one evaluation path: the demo's output is an eval directory for `report`, and each model has its own store
+    from elastic_reasoning.evaluation.report import write_report
+
+    _, _, table = write_report([out], tmp_path / "report")
+    assert "| e1 | elastic |" in table and (out / "eval" / "e1-seed0" / "results.jsonl").exists()
     # a second run skips every stage and gives the same summary
     run_demo(cfg)
     assert json.loads((out / "summary.json").read_text()) == records
     assert os.path.exists(out / "models" / "e1-seed1" / "config.json")
+    # the same directory with other settings is refused; a variant of E1 reuses the rest
+    from elastic_reasoning.demo import apply_overrides
+
+    with pytest.raises(ValueError, match="other settings"):
+        run_demo(apply_overrides(DemoConfig.quick_variant(out=str(out)), ["grpo_steps=5"]))
+    variant = apply_overrides(DemoConfig.quick_variant(out=str(tmp_path / "variant")), ["e1_budget_mix=[8,32]"])
+    run_demo(variant, reuse=out)
+    again = {(r["model"], r["thinking_budget"]): r for r in json.loads((tmp_path / "variant" / "summary.json").read_text())}
+    for r in records:
+        if r["model"] != "e1":  # copied, not retrained: the same results
+            assert again[(r["model"], r["thinking_budget"])]["accuracy_mean"] == r["accuracy_mean"]
+    metrics = (tmp_path / "variant" / "models" / "e1-seed0.run" / "metrics.jsonl").read_text().splitlines()
+    assert any(json.loads(m).get("rollout/thinking_budget") not in (None, 32) for m in metrics)

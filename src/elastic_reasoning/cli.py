@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="RL seeds; intervals are over problems and seeds (default 3; --quick: 2)")
     demo.add_argument("--jobs", type=_positive_int, default=None,
                       help="parallel processes for GRPO and evaluation, one torch thread each (default 2)")
+    demo.add_argument("--reuse", metavar="DIR", default=None,
+                      help="copy the warm-up, vanilla GRPO and their evaluations from another demo run whose settings "
+                           "differ only in E1's (e.g. --set e1_budget_mix=...): a variant then trains only E1")
     demo.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="any DemoConfig field (src/elastic_reasoning/demo.py), e.g. --set grpo_steps=150 "
                            "--set e1_budget_mix=[16,24,32]; repeatable")
@@ -141,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--completion", required=True, help="the completion text (thinking </think> solution)")
     rc.add_argument("--tests", required=True, help="JSON file: APPS/TACO input_output, LiveCodeBench, or HumanEval "
                                                   "{test, entry_point}")
-    rc.add_argument("--timeout", type=float, default=6.0, help="seconds per test (default 6)")
+    rc.add_argument("--timeout", type=_reward_seconds, default=6.0, help="seconds per test (default 6)")
     rc.add_argument("--end-thinking", default="</think>")
+    rc.add_argument("--sandbox", choices=("auto", "bwrap", "unshare", "plain"), default="auto",
+                    help="isolation (default auto: bwrap, else unshare, else an error); plain runs the code WITHOUT "
+                         "isolation (network, host /tmp, other processes' command lines) and must be asked for")
     rc.set_defaults(func=cmd_reward_code)
 
     bench = sub.add_parser("bench", help="benchmarks (ratios measured side by side in one run)")
@@ -319,7 +325,7 @@ def cmd_demo(args) -> int:
     from .demo import apply_overrides
 
     apply_overrides(cfg, args.set or [])
-    run_demo(cfg)
+    run_demo(cfg, reuse=args.reuse)
     return 0
 
 
@@ -331,8 +337,22 @@ def cmd_reward_math(args) -> int:
     return 0
 
 
+def _reward_seconds(text: str) -> float:
+    """A per-test time limit: a finite number of seconds > 0 (not inf, NaN, 0 or negative)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
 def cmd_reward_code(args) -> int:
-    from .rewards.code import CodeRewardConfig, score_code
+    from .rewards.code import CodeRewardConfig, parse_tests, score_code
+    from .sandbox import SandboxUnavailable, describe, detect
 
     try:
         with open(args.tests, encoding="utf-8") as f:
@@ -341,8 +361,14 @@ def cmd_reward_code(args) -> int:
         raise CliError(f"cannot read {args.tests}: {err.strerror}") from None
     except json.JSONDecodeError as err:
         raise CliError(f"{args.tests}: not JSON ({err.msg} at line {err.lineno})") from None
-    config = CodeRewardConfig(timeout_s=args.timeout, end_of_thinking=args.end_thinking)
-    print(json.dumps(score_code(args.completion, tests, config=config).as_dict()))
+    config = CodeRewardConfig(timeout_s=args.timeout, end_of_thinking=args.end_thinking, mechanism=args.sandbox)
+    suite = parse_tests(tests)  # malformed tests: a one-line error before anything runs
+    try:
+        mechanism = detect(config.mechanism)  # fails closed: no isolation and plain not chosen is an error
+    except SandboxUnavailable as err:
+        raise CliError(str(err)) from None
+    print(f"isolation: {mechanism} ({describe(mechanism)})", file=sys.stderr)
+    print(json.dumps(score_code(args.completion, suite, config=config).as_dict()))
     return 0
 
 

@@ -70,6 +70,9 @@ class DemoConfig:
     quick: bool = False
     jobs: int = 2
     """Processes for the GRPO and evaluation stages (one torch thread each). Results do not depend on it."""
+    threads: int = 1
+    """Torch threads of the main process (the warm-up). The tiny model gains little from a second thread and loses
+    a lot when another process competes for the cores (OpenMP threads spin against each other)."""
 
     @classmethod
     def quick_variant(cls, out: str = "runs/demo-quick") -> "DemoConfig":
@@ -98,6 +101,44 @@ def apply_overrides(cfg: DemoConfig, items: list[str]) -> DemoConfig:
             raise ValueError(f"--set {key}: expected a value like {default!r}, got {value!r}")
         setattr(cfg, key, value)
     return cfg
+
+
+E1_ONLY = ("e1_budget_mix",)
+"""Settings that change only E1's training: variants differing in these alone share everything else."""
+
+
+def reuse_shared_runs(cfg: DemoConfig, source: Path) -> list[str]:
+    """Copy from another demo directory what a variant of E1 shares with it: the tiny model, the warm-up, the
+    vanilla GRPO models, and the warm-up's and vanilla's evaluation stores. Refused unless the two configs agree on
+    every setting but the E1-only ones (``E1_ONLY``), ``out`` and ``jobs``. Returns what was copied."""
+    import shutil
+
+    stored_path = source / "demo_config.json"
+    if not stored_path.exists():
+        raise ValueError(f"--reuse {source}: no demo_config.json (not a demo output directory)")
+    stored = json.loads(stored_path.read_text())
+    differ = [k for k, v in asdict(cfg).items() if k not in (*E1_ONLY, "out", "jobs", "threads") and stored.get(k) != v]
+    if differ:
+        raise ValueError(f"--reuse {source}: its runs were made with other settings ("
+                         + "; ".join(f"{k}: {stored.get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ) + ")")
+    out = Path(cfg.out)
+    copied = []
+    names = ["base", "warmup", *(f"vanilla-seed{s}" for s in range(cfg.seeds))]
+    for name in names:
+        src, dst = source / "models" / name, out / "models" / name
+        if (src / "config.json").exists() and not dst.exists():
+            shutil.copytree(src, dst)
+            copied.append(f"models/{name}")
+    for key in [*(f"warmup@{s}" for s in range(cfg.seeds)), *(f"vanilla-seed{s}" for s in range(cfg.seeds))]:
+        src, dst = source / "eval" / key, out / "eval" / key
+        if (src / "results.jsonl").exists() and not dst.exists():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock"))
+            # the store's config names the model directory it evaluated: point it at this run's copy
+            settings = json.loads((dst / "config.json").read_text())
+            settings["model"] = str(out / "models" / ("warmup" if key.startswith("warmup") else key))
+            (dst / "config.json").write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            copied.append(f"eval/{key}")
+    return copied
 
 
 def _say(msg: str) -> None:
@@ -391,7 +432,7 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def run_demo(cfg: DemoConfig) -> Path:
+def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
     import os
     import sys
 
@@ -400,19 +441,22 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     _quiet_libraries()
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(max(1, cfg.threads))
     out = Path(cfg.out)
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
     stored_path = out / "demo_config.json"
     if stored_path.exists():  # stages whose outputs exist are reused: only for the same settings
         stored = json.loads(stored_path.read_text())
-        differ = [k for k, v in asdict(cfg).items() if k not in ("out", "jobs") and stored.get(k, v) != v]
+        differ = [k for k, v in asdict(cfg).items() if k not in ("out", "jobs", "threads") and stored.get(k, v) != v]
         if differ:
             raise ValueError(f"{out} holds a demo run with other settings ("
                              + "; ".join(f"{k}: {stored.get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ)
                              + "); use another --out, or remove it")
     stored_path.write_text(json.dumps(asdict(cfg), indent=1))
+    if reuse is not None:
+        copied = reuse_shared_runs(cfg, Path(reuse))
+        _say(f"reused from {reuse}: {', '.join(copied) if copied else 'nothing (already here)'}")
     start = time.perf_counter()
     seeds = list(range(cfg.seeds))
     total = 5
