@@ -60,8 +60,8 @@ class DemoConfig:
     the thinking a model did before the cut is what counts."""
     e1_budget_mix: list[int] = field(default_factory=list)
     """E1 trains at this mix of thinking budgets instead of t* alone: each prompt's group draws one (``rollout.
-    thinking_budget_mix``). Empty: t* only. ``seen_in_training`` still marks t*; the mix is recorded in the
-    config."""
+    thinking_budget_mix``). Empty: t* only. ``seen_in_training`` still marks t* alone; ``in_training_mix`` marks the
+    evaluated budgets that are in the mix (a budget absent from it was never trained on)."""
     vanilla_max_tokens: int = 160
     # evaluation
     budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 40, 48, 64])
@@ -281,6 +281,7 @@ def summarize(cfg: DemoConfig, stores: dict[str, list[Path]]) -> list[dict]:
                 "solution_budget": None if budget is None else cfg.solution_budget,
                 "max_total_tokens": cfg.eval_max_tokens if budget is None else None,
                 "seen_in_training": model == "e1" and budget == cfg.thinking_budget,
+                "in_training_mix": model == "e1" and budget in cfg.e1_budget_mix,
                 "accuracy_mean": 100.0 * mean, "accuracy_ci_low": 100.0 * low, "accuracy_ci_high": 100.0 * high,
                 "accuracy_std": statistics.stdev(per_seed_acc) if len(per_seed_acc) > 1 else 0.0,
                 "accuracy_per_seed": per_seed_acc,
