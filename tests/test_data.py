@@ -18,11 +18,10 @@ from elastic_reasoning.data.synthetic import (
     SyntheticConfig,
     generate_problems,
     reference_stats,
-    score_synthetic,
     split_of,
-    synthetic_reward,
     training_examples,
 )
+from elastic_reasoning.rewards.synthetic import score_synthetic, synthetic_reward
 
 # ------------------------------------------------------------------------------------------- the synthetic task
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import secrets
 import socket
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elastic_reasoning import sandbox
 from elastic_reasoning.rewards import compute_score, get_reward, split_solution
@@ -25,6 +28,20 @@ from elastic_reasoning.rewards.code import (
     stdout_matches,
     values_match,
 )
+from elastic_reasoning.rewards.harness import dumps_plain, loads_plain
+
+
+@pytest.fixture(autouse=True, scope="module")
+def plain_by_name_where_nothing_isolates():
+    """Where no isolating sandbox works (a machine without bubblewrap or user namespaces), these tests choose plain
+    by name, as a user would have to: auto never falls back to it."""
+    if any(sandbox.available(m) for m in sandbox.ISOLATING):
+        yield
+        return
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ELASTIC_REASONING_SANDBOX", "plain")
+    yield
+    patch.undo()
 
 
 def answer(code: str, language: str = "python") -> str:
@@ -99,22 +116,37 @@ def test_at_most_the_longest_tests_are_kept_in_order():
 
 
 # ------------------------------------------------------------------------------------------- comparison
+# Right and wrong answers as each benchmark's checker judges them (rewards/code.py's docstring names the checkers).
+# Integers are exact everywhere; only an expected real number has a tolerance (1e-6, absolute or relative).
 
 STDOUT_CASES = [
     ("3\n", "3\n", True),  # identical
-    ("3   \n\n\n", "3", True),  # trailing whitespace and blank lines
+    ("3   \n\n\n", "3", True),  # trailing whitespace and blank lines (LiveCodeBench strips)
     ("1 2\r\n3\r\n", "1 2\n3\n", True),  # Windows line ends
-    ("1  2\n", "1 2\n", True),  # spacing inside a line
+    ("1  2\n", "1 2\n", True),  # spacing inside a line (APPS splits on whitespace)
+    ("\n1\n", "1\n", True),  # a leading blank line (the whole output is stripped first)
+    ("408264794\n", "408264793\n", False),  # a wrong modular answer: integers compare exactly
+    ("408264793.0\n", "408264793\n", True),  # the same integer as a decimal (LiveCodeBench: Decimal equality)
+    ("408264794.0\n", "408264793\n", False),  # a float of a wrong big integer
+    ("4.08264794e8\n", "408264793\n", False),  # the same, in exponent notation
+    ("4.08264793e8\n", "408264793\n", True),  # the right integer in exponent notation is still that integer
+    ("1000000001\n", "1000000000\n", False),  # within 1e-9 relative, and still a different integer
+    ("+5\n", "5\n", True),  # a sign is part of the number (Decimal("+5") == Decimal("5"))
+    ("-0\n", "0\n", True),  # as decimals
     ("2.5\n", "2.5000000\n", True),  # float formatting
-    ("0.3333333\n", "0.333333333\n", True),  # within 1e-6
-    ("1e-7\n", "0.0000001\n", True),  # exponent notation
-    ("100000000.5\n", "100000000.50000001\n", True),  # relative tolerance for large numbers
+    ("0.3333333\n", "0.333333333\n", True),  # an expected real: within 1e-6
     ("0.334\n", "0.333\n", False),  # beyond the tolerance
+    ("1e-7\n", "0.0000001\n", True),  # exponent notation of a real
+    ("1000000.9\n", "1000000.0\n", True),  # relative to the expected value (testlib's doubleCompare)
+    ("1000002.0\n", "1000000.0\n", False),  # 2e-6 relative: too far
+    ("0.5 3\n", "0.5000001 3\n", True),  # a real and an integer on one line, each by its own rule
+    ("0.5 4\n", "0.5000001 3\n", False),  # ... the integer still exact
     ("3\n4\n", "3\n", False),  # an extra line
     ("3 4\n", "3\n", False),  # an extra token
+    ("1 2\n3\n", "1 2 3\n", False),  # lines matter, not just tokens
     ("yes\n", "YES\n", False),  # case matters, as in the benchmarks
-    ("\n1\n", "1\n", True),  # a leading blank line (the whole output is stripped first)
     ("inf\n", "1e9999\n", False),  # words are not numbers
+    ("nan\n", "nan\n", True),  # ... but equal words are equal
 ]
 
 
@@ -124,21 +156,99 @@ def test_stdout_matches(actual, expected, match):
 
 
 VALUE_CASES = [
-    ([1, 2], [1, 2], False, True),  # lists (tuples arrive as lists after JSON)
+    (408264794, 408264793, False, False),  # a wrong modular answer returned: exact
+    (408264794.0, 408264793, False, False),  # a float of a wrong big integer
+    (408264793.0, 408264793, False, True),  # the right integer as a float: Python's ==, as LiveCodeBench compares
+    (10 ** 30 + 1, 10 ** 30, False, False),  # big integers stay exact
     (3, [3], True, True),  # APPS wraps expected values in a one-item list
     (3, [3], False, False),  # LiveCodeBench does not
-    (0.1 + 0.2, 0.3, False, True),  # float tolerance
+    ([[1, 2]], [1, 2], True, False),  # wrapping is unwrapped once, not invented
+    ((1, 2), [1, 2], False, True),  # a returned tuple is a list (LiveCodeBench's rule, APPS's JSON round trip)
+    ([(1, 2)], [[1, 2]], False, True),  # ... nested too
+    ({1: "a"}, {"1": "a"}, False, True),  # dict keys as JSON carries them
+    ({"a": [1.0]}, {"a": [1]}, False, True),  # 1.0 == 1
+    ({1, 2}, [1, 2], False, False),  # a set is not a list
+    (0.1 + 0.2, 0.3, False, True),  # an expected real: within 1e-6
+    (0.31, 0.3, False, False),  # beyond it
+    (1, 1.0, False, True),  # an integer for an expected real
     (True, 1, False, True),  # Python equality, as the benchmarks' checkers use it
     (True, 1.0000001, False, False),  # but no float tolerance for a bool
-    ({"a": [1.0]}, {"a": [1]}, False, True),  # nested containers, 1.0 == 1
     ("abc", "abd", False, False),  # strings exactly
-    ([[1, 2]], [1, 2], True, False),  # wrapping is unwrapped once, not invented
+    (None, None, False, True),  # None
+    (None, 0, False, False),  # ... is not 0
 ]
 
 
 @pytest.mark.parametrize("actual, expected, wrapped, match", VALUE_CASES)
 def test_values_match(actual, expected, wrapped, match):
     assert values_match(actual, expected, wrapped=wrapped) is match
+
+
+class AlwaysEqual:
+    def __eq__(self, other):
+        return True
+
+
+class SneakyInt(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+class SneakyStr(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+PLAIN_CASES = [
+    [1, 2.5, "x", None, True, [3]],  # JSON's own values
+    (1, (2, 3)),  # tuples stay tuples
+    {1: "a", (2, 3): [4]},  # dicts with any plain keys
+    {1, 2}, frozenset({3}),  # sets
+    b"\x00\xff", 1 + 2j,  # bytes, complex
+    10 ** 300,  # big integers
+    float("inf"),  # special floats
+]
+
+
+@pytest.mark.parametrize("value", PLAIN_CASES, ids=range(len(PLAIN_CASES)))
+def test_plain_values_round_trip_exactly(value):
+    back = loads_plain(dumps_plain(value))
+    assert back == value and type(back) is type(value)
+
+
+def test_a_returned_integer_of_any_size_is_read_back():
+    # The harness lifts Python's int-to-str digit limit for itself; the reader here never needs it.
+    assert loads_plain("1" + "0" * 5000) == 10 ** 5000
+
+
+@pytest.mark.parametrize("value", [AlwaysEqual(), SneakyInt(3), SneakyStr("x"), [SneakyInt(1)], {"k": AlwaysEqual()},
+                                   print, object()])
+def test_only_exact_builtin_values_cross(value):
+    # An object whose __eq__ says yes to everything, or an int/str subclass with one, never reaches a comparison.
+    with pytest.raises(TypeError):
+        dumps_plain(value)
+
+
+@pytest.mark.parametrize("text", ['{"eval": "1"}', '{"tuple": [1], "set": [2]}', '{"dict": [[[1], 2]]}'])
+def test_malformed_plain_values_are_refused(text):
+    with pytest.raises((ValueError, TypeError)):
+        loads_plain(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(expected=st.integers(), delta=st.integers().filter(lambda d: d != 0), as_float=st.booleans())
+def test_no_wrong_integer_ever_matches(expected, delta, as_float):
+    # The property behind the integer rule: a wrong integer, however close and however written, is wrong.
+    wrong = expected + delta
+    text = f"{wrong}.0" if as_float else str(wrong)
+    assert not stdout_matches(text + "\n", f"{expected}\n")
+    if as_float and abs(wrong) < 2 ** 53:
+        assert not values_match(float(wrong), expected)
+    assert not values_match(wrong, expected) and not values_match(wrong, [expected], wrapped=True)
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -186,6 +296,25 @@ def test_reasons_and_components():
     assert result.sandbox == sandbox.detect()
 
 
+def test_nothing_about_the_expected_outputs_enters_the_sandbox(monkeypatch):
+    # What the sandbox receives (the harness's stdin and files) is the same whatever the expected outputs are:
+    # neither their text nor their sizes (a YES/NO problem must not be answerable from an output cap).
+    sent = []
+    real_run = sandbox.run
+
+    def spy(argv, *, stdin=b"", files=None, config=None):
+        sent.append(marshal.loads(stdin))
+        sent[-1]["files"] = sorted(files or {})
+        return real_run(argv, stdin=stdin, files=files, config=config)
+
+    monkeypatch.setattr(sandbox, "run", spy)
+    code = answer("print('YES' if input() else 'NO')")
+    secret = "expected-" + secrets.token_hex(8)
+    score_code(code, {"inputs": ["a\n", "b\n"], "outputs": ["YES\n", secret * 1000]})
+    score_code(code, {"inputs": ["a\n", "b\n"], "outputs": ["NO\n", "NO\n"]})
+    assert sent[0] == sent[1] and secret not in repr(sent[0])
+
+
 def test_after_a_timeout_the_remaining_tests_are_skipped():
     tests = {"inputs": ["1\n", "2\n", "3\n"], "outputs": ["1\n", "2\n", "3\n"]}
     code = answer("x = int(input())\nwhile x == 2: pass\nprint(x)")
@@ -204,12 +333,12 @@ def test_the_test_cap_limits_what_runs():
 
 
 def test_tests_do_not_share_state():
-    # Each test runs in a fresh fork: a file or global written by one test is not seen by the next one.
+    # Each test runs in a fresh fork with its scratch space wiped: nothing one test writes reaches the next one.
     code = answer("import os\nprint('seen' if os.path.exists('flag') else 'fresh')\nopen('flag', 'w')")
     tests = {"inputs": ["", ""], "outputs": ["fresh", "fresh"]}
-    assert score_code(code, tests).statuses == ["pass", "wrong"]  # the working directory is shared, by design
+    assert score_code(code, tests).statuses == ["pass", "pass"]  # not the working directory
     code = answer("import builtins\nprint(getattr(builtins, 'n', 0))\nbuiltins.n = 1")
-    assert score_code(code, {"inputs": ["", ""], "outputs": ["0", "0"]}).score == 1.0  # memory is not
+    assert score_code(code, {"inputs": ["", ""], "outputs": ["0", "0"]}).score == 1.0  # nor memory
 
 
 # ------------------------------------------------------------------------------------------- adversarial

@@ -99,6 +99,67 @@ def test_score_table(gold, completion, expected):
     assert score_math(completion, gold).score == expected
 
 
+# No free points: what math-verify would accept but a single right answer is not (issue 14). Each case is graded
+# through the reward, as training grades it.
+NO_FREE_POINTS_CASES = [
+    ("5", "x=4 \\lor x=5", 0.0),  # a disjunction of candidates, one of them right
+    ("5", "4 \\vee 5", 0.0),  # ... written with \vee
+    ("5", "4 \\lor 5", 0.0),  # ... without the variable
+    ("5", "x = 4 \\text{ or } x = 5", 0.0),  # ... in words
+    ("5", "5 \\text{ or } 4", 0.0),  # ... the right one first
+    ("5", "4, 5", 0.0),  # a list of candidates
+    ("5", "5, 5", 0.0),  # ... even of the same one twice
+    ("5", "4; 5", 0.0),  # ... with semicolons
+    ("2", "\\pm 2", 0.0),  # two answers in one symbol
+    ("5", "\\{4\\} \\cup \\{5\\}", 0.0),  # a union
+    ("4, 5", "5, 4", 1.0),  # when the answer is a list, a list is the right shape
+    ("x=4 \\text{ or } x=5", "x=5 \\text{ or } x=4", 1.0),  # ... and so is a disjunction
+    ("(-\\infty, 1) \\cup (2, \\infty)", "(-\\infty,1)\\cup(2,\\infty)", 1.0),  # ... and a union
+    ("1000", "1,000", 1.0),  # a thousands separator is not a list
+    ("1000000", "1{,}000{,}000", 1.0),  # ... in LaTeX's spelling either
+    ("\\Delta", "\\delta", 0.0),  # symbols that differ only by case are different symbols
+    ("\\Gamma", "\\gamma", 0.0),  # (math-verify folds case: \Gamma would be the Euler constant)
+    ("\\pi", "\\Pi", 0.0),  # a product is not pi
+    ("2x", "2X", 0.0),  # variables
+    ("e", "E", 0.0),  # Euler's number is not a variable E
+    ("\\emptyset", "\\varnothing", 1.0),  # variant glyphs of one symbol are that symbol
+    ("No", "no", 1.0),  # words compare without case
+]
+
+
+@pytest.mark.parametrize("gold, answer, expected", NO_FREE_POINTS_CASES)
+def test_no_free_points(gold, answer, expected):
+    assert score_math(done(answer), gold).score == expected
+
+
+# Unicode forms of right answers are right (they are rewritten as LaTeX before parsing), and of wrong ones wrong.
+UNICODE_CASES = [
+    ("\\frac{1}{2}", "½", 1.0),  # a vulgar fraction
+    ("\\frac{3}{2}", "1½", 1.0),  # a mixed number
+    ("\\sqrt{2}", "√2", 1.0),  # a radical
+    ("3\\sqrt{2}", "3√2", 1.0),  # ... with a coefficient
+    ("\\frac{\\sqrt{3}}{2}", "√3/2", 1.0),  # ... in a fraction
+    ("\\sqrt{x+1}", "√(x+1)", 1.0),  # ... of a parenthesised expression
+    ("x^2", "x²", 1.0),  # a superscript
+    ("-3", "−3", 1.0),  # the minus sign U+2212
+    ("-1", "–1", 1.0),  # an en dash used as a minus
+    ("\\infty", "∞", 1.0),  # infinity
+    ("2\\pi", "2π", 1.0),  # Greek letters
+    ("12", "３×４", 1.0),  # full-width digits and the times sign
+    ("5", "５", 1.0),  # a full-width digit alone
+    ("12", "3·4", 1.0),  # a middle dot
+    ("x \\le 3", "x ≤ 3", 1.0),  # relations
+    ("\\sqrt{2}", "√3", 0.0),  # a wrong radical stays wrong
+    ("3", "−3", 0.0),  # a wrong sign stays wrong
+    ("x^2", "x²+1", 0.0),  # ... and a wrong polynomial
+]
+
+
+@pytest.mark.parametrize("gold, answer, expected", UNICODE_CASES)
+def test_unicode_answers(gold, answer, expected):
+    assert score_math(done(answer), gold).score == expected
+
+
 def test_thinking_rule_is_configurable():
     completion = "no thinking delimiter, just \\boxed{42}"
     assert score_math(completion, "42").reason == "thinking_not_ended"

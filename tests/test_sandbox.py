@@ -110,7 +110,9 @@ def test_the_log_names_the_mechanism_in_use(caplog):
 
 def test_auto_picks_the_strongest_available_mechanism(monkeypatch):
     monkeypatch.delenv("ELASTIC_REASONING_SANDBOX", raising=False)
-    strongest = next(m for m in sandbox.MECHANISMS if sandbox.available(m))
+    strongest = next((m for m in sandbox.ISOLATING if sandbox.available(m)), None)
+    if strongest is None:
+        pytest.skip("no isolating mechanism here (auto then refuses; see test_sandbox_limits.py)")
     assert sandbox.detect("auto") == strongest
 
 
@@ -327,8 +329,8 @@ def test_killing_its_parent_harms_neither_the_caller_nor_leaves_processes(mechan
 
 
 def test_killing_every_process_it_can_signal_harms_nothing_outside(mechanism):
-    if mechanism == "plain":
-        pytest.skip("in plain mode kill(-1) reaches every process of the sandbox user on the host")
+    if mechanism == "plain" and not IS_ROOT:
+        pytest.skip("plain mode for a non-root caller: kill(-1) reaches every process of the caller's user")
     token = "er-test-killall-" + secrets.token_hex(4)
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

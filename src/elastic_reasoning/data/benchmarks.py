@@ -160,7 +160,7 @@ def _decode_tests(value: Any) -> Any:
 
 def code_problem(row: dict, i: int, source: str, name: str) -> Problem:
     """A code row: a question (or HumanEval stub) and tests the code reward can run."""
-    from ..rewards.code import parse_tests
+    from ..code_tests import parse_tests
 
     if not isinstance(row, dict):
         raise DatasetError(f"{source}: row {i}: expected an object, got {type(row).__name__}")

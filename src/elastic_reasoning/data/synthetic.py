@@ -28,8 +28,9 @@ model to reason usefully after a cut (issue 6).
 **Train and held-out never overlap**: a problem's split is a function of its terms (a CRC32 of them), not of a seed
 or a count, so every train set and every held-out set ever generated are disjoint.
 
-**Scoring** (``score_synthetic`` / ``synthetic_reward``) is strict: thinking must have ended, the completion must
-have ended with EOS (``finish_reason == "stop"``), and the solution's last two words must be ``answer <sum>``.
+**Scoring** (``score_synthetic`` / ``synthetic_reward``, in ``elastic_reasoning.rewards.synthetic``) is strict:
+thinking must have ended, the completion must have ended with EOS (``finish_reason == "stop"``), and the solution's
+last two words must be ``answer <sum>``.
 Non-goals: other operations, multi-digit carries written out, natural-language variety.
 """
 
@@ -39,7 +40,7 @@ import math
 import random
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 SPLITS = ("train", "test")
 
@@ -261,35 +262,3 @@ def reference_stats(n: int = 2000, *, seed: int = 0, config: SyntheticConfig = S
     reference = [sum(len(s.words) for s in worked_segments(p, rng, config)) for p in problems]
     return {"minimal_mean": sum(minimal) / n, "reference_mean": sum(reference) / n,
             "minimal_max": max(minimal), "reference_max": max(reference)}
-
-
-# ------------------------------------------------------------------------------------------- scoring
-
-
-def score_synthetic(solution: str, answer: Any, *, thinking_ended: bool, stopped: bool) -> float:
-    """1.0 iff thinking ended, the completion ended with EOS, and the solution ends with ``answer <sum>``."""
-    if not thinking_ended or not stopped:
-        return 0.0
-    words = solution.split()
-    if len(words) < 2 or words[-2] != "answer":
-        return 0.0
-    return 1.0 if words[-1] == str(answer).strip() else 0.0
-
-
-def synthetic_reward():
-    """TRL reward: ``fn(prompts, completions, completion_ids=None, **columns)``.
-
-    Needs the columns ``answer``, ``solution``, ``thinking_ended`` and ``finish_reason`` (``"stop"`` when the
-    completion ended with EOS), which the budget-constrained rollout passes; strict scoring needs all of them."""
-
-    def synthetic_accuracy(prompts=None, completions=(), completion_ids=None, **columns) -> list[float | None]:
-        missing = [c for c in ("answer", "solution", "thinking_ended", "finish_reason") if columns.get(c) is None]
-        if missing:
-            raise ValueError(f"the synthetic reward needs the columns {missing} (strict scoring: EOS required)")
-        return [
-            None if a is None else score_synthetic(s, a, thinking_ended=bool(e), stopped=(f == "stop"))
-            for a, s, e, f in zip(columns["answer"], columns["solution"], columns["thinking_ended"],
-                                  columns["finish_reason"])
-        ]
-
-    return synthetic_accuracy

