@@ -146,10 +146,13 @@ def _say(msg: str) -> None:
 
 
 class Stage:
-    """A named stage with its duration printed; the whole list is the progress display of the demo."""
+    """A named stage with its duration printed and added to ``timings.json`` (so a demo resumed after an interruption
+    still reports the time its stages took in all)."""
 
-    def __init__(self, index: int, total: int, name: str):
+    def __init__(self, index: int, total: int, name: str, timings: Path | None = None):
         self.label = f"stage {index}/{total}: {name}"
+        self.key = f"stage {index}"
+        self.timings = timings
 
     def __enter__(self):
         self.start = time.perf_counter()
@@ -158,7 +161,12 @@ class Stage:
 
     def __exit__(self, *exc):
         if exc[0] is None:
-            _say(f"{self.label} done in {time.perf_counter() - self.start:.0f}s")
+            took = time.perf_counter() - self.start
+            _say(f"{self.label} done in {took:.0f}s")
+            if self.timings is not None:
+                data = json.loads(self.timings.read_text()) if self.timings.exists() else {}
+                data[self.key] = data.get(self.key, 0.0) + took
+                self.timings.write_text(json.dumps(data, indent=1))
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
@@ -305,7 +313,7 @@ def summarize(cfg: DemoConfig, stores: dict[str, list[Path]]) -> list[dict]:
     return records
 
 
-def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float) -> None:
+def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float, stages: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,7 +346,9 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
                 if "minus_vanilla" in e1 else "-")
         ceiling = by[(models[0], b)]["minimal_trace_ceiling"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {ceiling:.1f} |")
-    lines += ["", f"Demo wall time: {elapsed / 60:.1f} min ({cfg.jobs} parallel jobs)."]
+    detail = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted((stages or {}).items()))
+    lines += ["", f"Demo time: {elapsed / 60:.1f} min over its stages ({detail}; {cfg.jobs} parallel jobs; "
+                  "stages reused from another run with --reuse are not counted)."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -461,6 +471,7 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
     start = time.perf_counter()
     seeds = list(range(cfg.seeds))
     total = 5
+    timings = out / "timings.json"
 
     tty = sys.stderr.isatty()
 
@@ -468,16 +479,16 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
         return tqdm(total=n, desc=label, unit=unit, dynamic_ncols=True, leave=True, file=sys.stderr,
                     mininterval=0.5 if tty else 30.0)
 
-    with Stage(1, total, "build the tiny model"):
+    with Stage(1, total, "build the tiny model", timings):
         if not (models / "base" / "config.json").exists():
             build_base(cfg, models / "base")
-    with Stage(2, total, f"supervised warm-up ({cfg.warmup_steps} steps)"):
+    with Stage(2, total, f"supervised warm-up ({cfg.warmup_steps} steps)", timings):
         if not (models / "warmup" / "config.json").exists():
             with bar("warm-up", cfg.warmup_steps, "step") as b:
                 warmup(cfg, models / "base", models / "warmup", bar=b)
     runs = [(name, mode, seed) for seed in seeds for mode, name in (("elastic", "e1"), ("vanilla", "vanilla"))]
     with Stage(3, total, f"GRPO, E1 (t*={cfg.thinking_budget}, s*={cfg.solution_budget}) and vanilla, "
-                         f"{cfg.grpo_steps} steps x {len(seeds)} seeds"):
+                         f"{cfg.grpo_steps} steps x {len(seeds)} seeds", timings):
         target = lambda name, seed: models / f"{name}-seed{seed}"  # noqa: E731
         todo = [("grpo", cfg, models / "warmup", target(name, seed), mode, seed) for name, mode, seed in runs
                 if not (target(name, seed) / "config.json").exists()]
@@ -492,7 +503,7 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
     plan = [("warmup", f"warmup@{s}", models / "warmup", s) for s in seeds]
     plan += [(name, f"{name}-seed{s}", models / f"{name}-seed{s}", s) for name in ("vanilla", "e1") for s in seeds]
     per_model = len(cfg.budgets) + 1
-    with Stage(4, total, f"budget sweep on {cfg.heldout_problems} held-out problems, through evaluation/"):
+    with Stage(4, total, f"budget sweep on {cfg.heldout_problems} held-out problems, through evaluation/", timings):
         def results_done() -> int:
             return sum(_lines(out / "eval" / key / "results.jsonl") for _, key, _, _ in plan)
 
@@ -507,7 +518,8 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
             stores.setdefault(name, []).append(out / "eval" / key)
         records = summarize(cfg, stores)
         (out / "summary.json").write_text(json.dumps(records, indent=1))
-        write_report(cfg, records, out, time.perf_counter() - start)
+        spent = json.loads(timings.read_text()) if timings.exists() else {}
+        write_report(cfg, records, out, sum(spent.values()) if spent else time.perf_counter() - start, spent)
     print((out / "results.md").read_text())
     _say(f"wrote {out}/summary.json, results.md, accuracy_vs_tokens.png; per-model results in {out}/eval/; "
          f"`elastic-reasoning report {out}` reads it like any eval directory")
