@@ -58,10 +58,14 @@ class DemoConfig:
     and answer (``S + x = S' ...`` is 4 tokens a step, ``answer S`` and EOS 3 more). Smaller than the work of a whole
     problem, as a solution budget is in the paper's setting: a solution cannot redo the thinking a cut removed, so
     the thinking a model did before the cut is what counts."""
-    e1_budget_mix: list[int] = field(default_factory=list)
-    """E1 trains at this mix of thinking budgets instead of t* alone: each prompt's group draws one (``rollout.
-    thinking_budget_mix``). Empty: t* only. ``seen_in_training`` still marks t* alone; ``in_training_mix`` marks the
-    evaluated budgets that are in the mix (a budget absent from it was never trained on)."""
+    e1_budget_mix: list[int] = field(default_factory=lambda: [20, 28, 32])
+    """E1 trains at this mix of thinking budgets around t* instead of t* alone: each prompt's group of rollouts
+    draws one (``rollout.thinking_budget_mix``), so GRPO's advantage compares rollouts of one budget. 20 and 28 lie
+    below the minimal trace of the hardest problems (30 with its ``</think>``): they keep cutting E1's thinking after
+    it has learnt to think concisely, which is what trains it to finish the work after a cut (at t* = 32 alone a
+    concise E1 is almost never cut). None of the evaluated budgets below t* (8, 16, 24) is in the mix. ``[]``: t*
+    only (the run before issue 17; ``docs/demo/variants.md``). ``seen_in_training`` marks t* alone;
+    ``in_training_mix`` marks evaluated budgets that are in the mix."""
     vanilla_max_tokens: int = 160
     # evaluation
     budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 40, 48, 64])
@@ -347,8 +351,11 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
         ceiling = by[(models[0], b)]["minimal_trace_ceiling"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {ceiling:.1f} |")
     detail = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted((stages or {}).items()))
-    lines += ["", f"Demo time: {elapsed / 60:.1f} min over its stages ({detail}; {cfg.jobs} parallel jobs; "
-                  "stages reused from another run with --reuse are not counted)."]
+    if elapsed >= 1.0:
+        lines += ["", f"Demo time: {elapsed / 60:.1f} min over its stages ({detail}; {cfg.jobs} parallel jobs; "
+                      "stages reused from another run with --reuse are not counted)."]
+    else:  # every stage was already done, by an invocation that did not record its times
+        lines += ["", "Demo time: not recorded (the stages ran in an earlier invocation)."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
