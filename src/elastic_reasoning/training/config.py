@@ -149,6 +149,12 @@ def from_dict(raw: dict) -> TrainConfig:
     if cfg.rollout.engine == "transformers" and cfg.trainer.get("use_vllm"):
         raise ConfigError("trainer.use_vllm is set but rollout.engine is transformers: budgeted rollouts run where "
                           "rollout.engine says; set rollout.engine: vllm to generate them in vLLM")
+    vllm_mode = cfg.trainer.get("vllm_mode", "colocate")
+    if vllm_mode not in ("colocate", "server"):
+        raise ConfigError(f"trainer.vllm_mode must be colocate or server, got {vllm_mode!r}")
+    tp = cfg.trainer.get("vllm_tensor_parallel_size", 1)
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise ConfigError(f"trainer.vllm_tensor_parallel_size must be a positive integer, got {tp!r}")
     if cfg.rollout.mode not in ("elastic", "vanilla", "truncate"):
         raise ConfigError(f"rollout.mode must be elastic, vanilla or truncate, got {cfg.rollout.mode!r}")
     mix = cfg.rollout.thinking_budget_mix
