@@ -76,7 +76,7 @@ class DemoConfig:
     """Processes for the GRPO and evaluation stages (one torch thread each). Results do not depend on it."""
     threads: int = 0
     """Torch threads of the main process (the warm-up); 0: torch's default (every core). Measured here on an idle
-    machine: the warm-up takes 0.22 s a step on 2 threads, 0.55 s on 1. On a machine busy with other work, 1 avoids
+    machine: the warm-up takes 0.37 s a step on 2 threads, 0.55 s on 1. On a machine busy with other work, 1 avoids
     OpenMP threads spinning against each other. (GRPO and the sweep run in ``jobs`` single-thread processes: 8 GRPO
     steps took 15.1 s on 2 threads, 17.8 s on 1, and two single-thread runs side by side 18.5 and 20.2 s.)"""
 
