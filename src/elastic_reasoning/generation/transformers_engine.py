@@ -215,6 +215,12 @@ class TransformersEngine:
                 out.append(self._record(p, s, ids, first, second))
         return out
 
+    def continuous_decoder(self, *, max_rows: int | None = None, prefill_chunk: int = 512):
+        """A decode loop whose rows join and leave between steps (serving): see :mod:`.continuous`."""
+        from .continuous import ContinuousDecoder
+
+        return ContinuousDecoder(self, max_rows=max_rows or self.max_batch_size, prefill_chunk=prefill_chunk)
+
     def make_generator(self, sampling: SamplingConfig) -> torch.Generator | None:
         """The sampler's own random generator, seeded from ``sampling.seed`` (None under greedy). Without a seed it
         is seeded from the operating system's entropy: torch's global generator is neither read nor reseeded."""
