@@ -54,6 +54,21 @@ class SlowEngine:
                                     is_cancelled=is_cancelled)
 
 
+class SlowContinuousEngine(SlowEngine):
+    """The same, for the continuous batcher: every decoding step is slowed down."""
+
+    def continuous_decoder(self, **kwargs):
+        decoder = self.engine.continuous_decoder(**kwargs)
+        step = decoder.step
+
+        def slow_step():
+            time.sleep(self.delay)
+            step()
+
+        decoder.step = slow_step
+        return decoder
+
+
 @pytest.fixture(scope="module")
 def served(toy_engine):
     model = ServedModel("toy", toy_engine, defaults=DEFAULTS)
@@ -316,7 +331,8 @@ def test_openai_client_sees_bad_input_as_bad_request(client):
 # -- load: many concurrent clients, streaming and not -----------------------------------------------------------
 def test_load_of_concurrent_clients_ends_with_no_errors_and_no_leaked_slots(served, client):
     batcher = served.model.batcher
-    before = batcher.stats.batches, batcher.stats.rows
+    assert getattr(batcher, "continuous", False)  # a local transformers model gets continuous batching
+    before = batcher.stats.batches, batcher.stats.rows, batcher.stats.completed
 
     def one(i: int):
         t, s = (0, 3, 8, 16)[i % 4], (2, 5, 9)[i % 3]
@@ -337,22 +353,25 @@ def test_load_of_concurrent_clients_ends_with_no_errors_and_no_leaked_slots(serv
         done = sum(pool.map(one, range(72)))
     assert done == 72
     assert time.monotonic() - start < 300  # bounded: every client also has its own timeout
-    assert wait_until(lambda: batcher.queued == 0 and not batcher.running and batcher._in_flight == 0)
+    assert wait_until(lambda: batcher.queued == 0 and not batcher.running and batcher.in_flight == 0)
     health = httpx.get(served.url + "/health").json()
     assert health["queued"] == 0 and health["running"] == 0
     batches, rows = batcher.stats.batches - before[0], batcher.stats.rows - before[1]
-    assert rows == 72 and batches < 72  # requests that arrived together shared batches
+    assert batcher.stats.completed - before[2] == 72
+    # continuous batching: a batch is one decoding step; rows that run at the same time share its forward
+    assert rows / batches > 2  # requests that arrived together shared batches
     assert batcher.stats.max_rows_in_batch <= 8
     assert 'elastic_reasoning_running_rows{model="toy"} 0' in httpx.get(served.url + "/metrics").text
 
 
 # -- overload and disconnects -----------------------------------------------------------------------------------
-@pytest.fixture
-def slow_server(toy_engine):
-    engine = SlowEngine(toy_engine, delay=0.02)
+@pytest.fixture(params=["static", "continuous"])
+def slow_server(toy_engine, request):
+    engine = (SlowContinuousEngine if request.param == "continuous" else SlowEngine)(toy_engine, delay=0.02)
     model = ServedModel("slow", engine)
-    config = ServerConfig(max_batch_size=1, max_queue=1, queue_timeout=0.6)
+    config = ServerConfig(max_batch_size=1, max_queue=1, queue_timeout=0.6, batching=request.param)
     with BackgroundServer(create_app(model, config)) as server:
+        assert getattr(model.batcher, "continuous", False) == (request.param == "continuous")
         server.model, server.engine = model, engine
         yield server
 
@@ -393,7 +412,7 @@ def test_full_queue_is_429_and_a_long_wait_is_503(slow_server):
             assert batcher.queued == 0
         finally:
             ctx.__exit__(None, None, None)
-    assert wait_until(lambda: not batcher.running and batcher._in_flight == 0)
+    assert wait_until(lambda: not batcher.running and batcher.in_flight == 0)
 
 
 def test_disconnect_frees_the_slot_at_once(slow_server):
@@ -404,7 +423,7 @@ def test_disconnect_frees_the_slot_at_once(slow_server):
         assert len(batcher.running) == 1
         start = time.monotonic()
         ctx.__exit__(None, None, None)
-    assert wait_until(lambda: not batcher.running and batcher._in_flight == 0, timeout=3)
+    assert wait_until(lambda: not batcher.running and batcher.in_flight == 0, timeout=3)
     assert time.monotonic() - start < 3
     assert batcher.stats.cancelled >= 1
     # A non-streaming client gives up while running, and one while queued behind it.
@@ -416,7 +435,7 @@ def test_disconnect_frees_the_slot_at_once(slow_server):
         for f in (running, queued):
             with pytest.raises(httpx.ReadTimeout):
                 f.result()
-    assert wait_until(lambda: batcher.queued == 0 and not batcher.running and batcher._in_flight == 0, timeout=3)
+    assert wait_until(lambda: batcher.queued == 0 and not batcher.running and batcher.in_flight == 0, timeout=3)
     assert batcher.stats.cancelled == cancelled + 2
     ok = post(slow_server, "/chat/completions", {"model": "slow", "messages": MSG, "thinking_budget": 2,
                                                  "solution_budget": 2}, headers={})

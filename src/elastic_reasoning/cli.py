@@ -605,6 +605,11 @@ def _add_serve_parsers(sub, bench_sub) -> None:
     bt.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request may wait before a 503 (default 60)")
     bt.add_argument("--max-concurrent-batches", type=_positive_int, default=None,
                     help="batches in flight (default: 1 for a local model, 16 upstream)")
+    bt.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                    help="continuous: a request joins the running batch at the next decoding step (local model); "
+                         "static: it waits for the running batch and joins the next (default continuous)")
+    bt.add_argument("--prefill-chunk", type=_positive_int, default=512,
+                    help="continuous batching: prompt tokens prefilled per step (default 512)")
     sv.add_argument("--dtype", default=None, help="torch dtype (default: float32 on CPU, bfloat16 on GPU)")
     sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -656,6 +661,7 @@ def cmd_serve(args) -> int:
         api_key=args.api_key or os.environ.get("ELASTIC_REASONING_API_KEY") or None,
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
         max_concurrent_batches=args.max_concurrent_batches or (16 if args.upstream else 1),
+        batching=args.batching, prefill_chunk=args.prefill_chunk,
     )
     if args.upstream:
         tokenizer = args.tokenizer or args.model

@@ -8,7 +8,7 @@ batching, bounds and cancellation are the batcher's (see batcher.py).
 Errors: bad input is a 4xx with OpenAI's ``{"error": {"message", "type", "param", "code"}}`` body; a full queue is a
 429 and a request left waiting past the queue timeout a 503 (both with ``Retry-After``); a client that disconnects
 frees its slot at once. What is not covered: tools, logprobs, structured output, ``echo``/``suffix``/``best_of``
-(each rejected with a 400 naming it); continuous batching (a request joins the next batch, not a running one).
+(each rejected with a 400 naming it).
 """
 
 from __future__ import annotations
@@ -76,8 +76,15 @@ class ServerConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     """Larger request bodies get 413."""
     batch_window: float = 0.003
-    """An idle engine short of a full batch waits this long after the oldest arrival, so that requests arriving
-    together share a batch (after a batch it waits for the clients it answered instead: see Batcher._hold)."""
+    """Whole-batch batching only: an idle engine short of a full batch waits this long after the oldest arrival, so
+    that requests arriving together share a batch (after a batch it waits for the clients it answered instead: see
+    Batcher._hold)."""
+    batching: str = "continuous"
+    """``continuous``: a local model's requests join the running batch at the next decoding step
+    (continuous_batcher.py; an engine or model that cannot falls back to whole batches, with a warning);
+    ``static``: whole ``generate`` calls, a request joins the next batch (batcher.py)."""
+    prefill_chunk: int = 512
+    """Continuous batching: prompt tokens prefilled per step, so a long prompt does not stall running rows."""
 
 
 @dataclass
@@ -131,8 +138,7 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         for m in models:
-            m.batcher = Batcher(m.engine, max_batch_size=config.max_batch_size, max_queue=config.max_queue,
-                                max_concurrent_batches=config.max_concurrent_batches, batch_window=config.batch_window)
+            m.batcher = make_batcher(m.engine, config)
             await m.batcher.start()
         try:
             yield
@@ -241,6 +247,22 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
     return app
 
 
+def make_batcher(engine, config: ServerConfig):
+    """Continuous batching where the engine offers it (a local transformers model), else whole batches."""
+    if config.batching not in ("continuous", "static"):
+        raise ValueError(f"batching must be 'continuous' or 'static', got {config.batching!r}")
+    if config.batching == "continuous" and hasattr(engine, "continuous_decoder"):
+        from .continuous_batcher import ContinuousBatcher
+
+        try:
+            return ContinuousBatcher(engine, max_batch_size=config.max_batch_size, max_queue=config.max_queue,
+                                     prefill_chunk=config.prefill_chunk)
+        except ValueError as err:  # e.g. a model whose cache layers the decoder cannot edit
+            log.warning("continuous batching unavailable (%s): whole batches instead", err)
+    return Batcher(engine, max_batch_size=config.max_batch_size, max_queue=config.max_queue,
+                   max_concurrent_batches=config.max_concurrent_batches, batch_window=config.batch_window)
+
+
 def _check_common(body, config: ServerConfig) -> None:
     feature = body.unsupported()
     if feature is not None:
@@ -338,7 +360,7 @@ async def _serve(request: Request, model: ServedModel, metrics: Metrics, config:
     completions = [c for rows in results for c in rows]
     choices = [w.choices[i] for w in works for i in range(w.n)]
     prompt_tokens = sum(t for _, t in prompts)
-    _count(metrics, endpoint, prompt_tokens, completions, started_at)
+    _count(metrics, endpoint, prompt_tokens, completions, started_at, works)
     common = dict(id=new_id("chatcmpl" if endpoint == "chat" else "cmpl"), created=now(), model=model.name,
                   usage=usage_of(prompt_tokens, completions), budget=applied_budget(resolved))
     if endpoint == "chat":
@@ -382,13 +404,17 @@ def _raise_row_errors(results: list[list[Completion]]) -> None:
                                f"upstream: {err}", type="upstream_error")
 
 
-def _count(metrics: Metrics, endpoint: str, prompt_tokens: int, completions: list[Completion], started_at: float) -> None:
+def _count(metrics: Metrics, endpoint: str, prompt_tokens: int, completions: list[Completion], started_at: float,
+           works: Sequence[Work] = ()) -> None:
     metrics.inc("requests_completed_total", endpoint=endpoint)
     metrics.inc("prompt_tokens_total", prompt_tokens)
     metrics.inc("completion_tokens_total", sum(c.extra.get("completion_tokens", len(c.completion_ids)) for c in completions))
     metrics.inc("reasoning_tokens_total", sum(c.thinking_tokens for c in completions))
     metrics.inc("thinking_truncated_total", sum(bool(c.thinking_truncated) for c in completions))
     metrics.observe("request_seconds", time.perf_counter() - started_at, endpoint=endpoint)
+    firsts = [w.first_token_at for w in works if w.first_token_at is not None]
+    if firsts:
+        metrics.observe("time_to_first_token_seconds", min(firsts) - started_at, endpoint=endpoint)
 
 
 class _LimitAndCount:
@@ -533,7 +559,7 @@ async def _chat_stream(model, metrics, body, works, prompts, resolved, events, s
                     yield chunk(index, {channel: text})
                 yield chunk(index, {}, _finish(c, choice))
         prompt_tokens = sum(t for _, t in prompts)
-        _count(metrics, "chat", prompt_tokens, all_completions, started_at)
+        _count(metrics, "chat", prompt_tokens, all_completions, started_at, works)
         if body.stream_options is not None and body.stream_options.include_usage:
             yield _sse({**head, "choices": [], "usage": usage_of(prompt_tokens, all_completions).model_dump()})
     except Cancelled:
@@ -573,7 +599,7 @@ async def _text_stream(model, metrics, body, works, prompts, resolved, events, s
                     yield chunk(index, text)
                 yield chunk(index, "", _finish(c, choice))
         prompt_tokens = sum(t for _, t in prompts)
-        _count(metrics, "completions", prompt_tokens, all_completions, started_at)
+        _count(metrics, "completions", prompt_tokens, all_completions, started_at, works)
         if body.stream_options is not None and body.stream_options.include_usage:
             yield _sse({**head, "choices": [], "usage": usage_of(prompt_tokens, all_completions).model_dump()})
     except Cancelled:
@@ -599,6 +625,8 @@ def _make_metrics(models: list[ServedModel]) -> Metrics:
     m.describe("thinking_truncated_total", "counter", "completions whose thinking the budget cut")
     m.describe("request_seconds", "summary", "wall time of answered requests")
     m.describe("queue_wait_seconds", "summary", "time from arrival to the start of the request's batch")
+    m.describe("time_to_first_token_seconds", "summary", "time from arrival to the first decoded token (continuous "
+               "batching)")
 
     def per_model(fn):
         return lambda: {(("model", x.name),): fn(x.batcher) for x in models if x.batcher is not None}
@@ -606,8 +634,10 @@ def _make_metrics(models: list[ServedModel]) -> Metrics:
     m.gauge("queue_depth", per_model(lambda b: b.queued), "requests waiting for a batch")
     m.gauge("running_requests", per_model(lambda b: len(b.running)), "requests in the running batches")
     m.gauge("running_rows", per_model(lambda b: b.running_rows), "rows (choices) in the running batches")
-    m.gauge("batches_total", per_model(lambda b: b.stats.batches), "engine batches run", kind="counter")
-    m.gauge("batch_rows_total", per_model(lambda b: b.stats.rows), "rows over all batches (rows/batches = mean batch)", kind="counter")
+    m.gauge("batches_total", per_model(lambda b: b.stats.batches), "engine batches run (continuous batching: "
+            "decoding steps)", kind="counter")
+    m.gauge("batch_rows_total", per_model(lambda b: b.stats.rows), "rows over all batches (rows/batches = mean batch)",
+            kind="counter")
     m.gauge("cancelled_total", per_model(lambda b: b.stats.cancelled), "requests cancelled (disconnect, timeout)", kind="counter")
     m.gauge("engine_busy_seconds_total", per_model(lambda b: b.stats.busy_seconds), "seconds the engine spent decoding", kind="counter")
     return m

@@ -14,7 +14,11 @@ Bounds and slots:
 * :meth:`Batcher.cancel` (a client that disconnected, a timeout) frees the request's slot at once: a waiting request
   leaves the queue, a running one stops decoding at the next step (the engine's ``is_cancelled``) and no longer
   counts as running. A row's place in a running batch is reused by the next batch, not mid-batch (the engine runs
-  whole ``generate`` calls; joining a running batch would need continuous batching in the engine).
+  whole ``generate`` calls).
+
+This whole-batch batcher serves engines that only offer ``generate`` (an upstream server, which batches on its own
+side); a local transformers model gets :class:`~.continuous_batcher.ContinuousBatcher`, where a request joins the
+running batch at the next step.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Work:
     started: asyncio.Future | None = None
     cancelled: bool = False
     enqueued_at: float = 0.0
+    first_token_at: float | None = None  # perf_counter() when its first token was decoded (continuous batching)
 
     @property
     def n(self) -> int:
@@ -135,6 +140,11 @@ class Batcher:
     @property
     def running_rows(self) -> int:
         return sum(w.n for w in self.running)
+
+    @property
+    def in_flight(self) -> int:
+        """Batches the engine is still decoding."""
+        return self._in_flight
 
     def submit(self, work: Work) -> None:
         if self.closed:
