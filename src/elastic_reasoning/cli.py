@@ -623,10 +623,11 @@ def _add_serve_parsers(sub, bench_sub) -> None:
     sd.add_argument("--top-k", type=_non_negative_int, default=0, help="when the request sends none (0 = off)")
     sv.set_defaults(func=cmd_serve)
 
-    bs = bench_sub.add_parser("serve", help="served requests/s and tokens/s at 1, 4, 16 clients vs offline in one batch",
-                              description="The same chat requests served to 1, 4 and 16 concurrent clients by "
-                                          "'elastic-reasoning serve' (a child process on loopback) vs generated "
-                                          "offline in one batch; prints the ratios.")
+    bs = bench_sub.add_parser("serve", help="served requests/s, tokens/s, latency at 1, 4, 16 clients vs offline",
+                              description="The same chat requests (a uniform and a mixed-budget workload) served to "
+                                          "1, 4 and 16 concurrent clients by 'elastic-reasoning serve' (a child "
+                                          "process on loopback) vs decoded offline in batches of min(clients, "
+                                          "server bound), interleaved; prints the ratios. See docs/serving.md.")
     bs.add_argument("--model", default="toy", help="model (default: the tiny offline model)")
     bs.add_argument("--requests", type=_positive_int, default=64, help="requests per concurrency level (default 64)")
     bs.add_argument("--repeats", type=_positive_int, default=3, help="interleaved rounds; medians reported (default 3)")
@@ -635,6 +636,12 @@ def _add_serve_parsers(sub, bench_sub) -> None:
     bs.add_argument("--solution-budget", type=_non_negative_int, default=8)
     bs.add_argument("--max-batch-size", type=_positive_int, default=16, help="the server's batch bound (default 16)")
     bs.add_argument("--threads", type=_positive_int, default=1, help="torch threads, offline and in the server (default 1)")
+    bs.add_argument("--workloads", default="uniform,mixed",
+                    help="comma-separated: uniform (every request t/s above), mixed (t 8..256, s 4..32 per request)")
+    bs.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                    help="the engine on both sides (vllm: run from the vLLM environment)")
+    bs.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                    help="the server's batching (transformers backend; default continuous)")
     bs.add_argument("--quick", action="store_true", help="16 requests, 1 and 4 clients, one round (a smoke run)")
     bs.add_argument("--json", action="store_true", help="print one JSON object")
     bs.set_defaults(func=cmd_bench_serve)
@@ -687,6 +694,8 @@ def cmd_bench_serve(args) -> int:
         model=args.model, requests=args.requests, concurrency=tuple(_int_list(args.concurrency, "--concurrency")),
         thinking_budget=args.thinking_budget, solution_budget=args.solution_budget, max_batch_size=args.max_batch_size,
         threads=args.threads, repeats=args.repeats, quick=args.quick, log=sys.stderr,
+        workloads=tuple(w.strip() for w in args.workloads.split(",") if w.strip()), backend=args.backend,
+        batching=args.batching,
     )
     print(json.dumps(result) if args.json else format_table(result))
     return 0

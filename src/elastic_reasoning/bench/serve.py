@@ -1,17 +1,31 @@
-"""``elastic-reasoning bench serve``: what serving costs against the same work done offline in one batch.
+"""``elastic-reasoning bench serve``: served throughput against the same requests decoded offline, side by side.
 
-The same N chat prompts with the same budgets (thinking ``t``, solution ``s``; temperature 1, no seed, so the server
-may batch them) are generated
+Workloads (the same chat prompts, temperature 1, top-p 1, no seed):
 
-* **offline**: one ``engine.generate`` call over all N prompts, in this process;
-* **served**: by ``elastic-reasoning serve`` in a child process on a loopback port, with 1, 4 and 16 concurrent
-  clients (threads, one HTTP connection each, non-streaming) sending the N requests between them.
+* ``uniform``: every request thinks up to ``t`` (default 24) and answers in up to ``s`` (default 8);
+* ``mixed``: budgets and lengths vary per request, ``t`` in {8, 16, 32, 64, 128, 256} and ``s`` in {4, 8, 16, 32}
+  (a fixed draw), where whole-batch decoding loses most (a batch runs until its longest row is done).
 
-Offline and served runs are interleaved over ``repeats`` rounds and the medians compared (a last offline run closes
-the series), so drift of a shared machine hits both sides alike.
+For each workload and client count ``c``:
 
-Reported per concurrency: requests/s, completion tokens/s, the mean rows per engine batch and the share of the
-wall time the engine was decoding (both from the server's /metrics), and the ratios served / offline. Both sides use the same number of torch threads (``--threads``).
+* **served**: ``elastic-reasoning serve`` in a child process on a loopback port, ``c`` concurrent clients (threads,
+  one HTTP connection each, non-streaming) sending the requests between them, each client one request at a time;
+* **offline**: the same requests through the same engine in this process, in batches of ``min(c, server bound)``
+  (what a server holding ``c`` requests at a time could at best batch; a 16-client server cannot reach a batch of 64):
+  ``TransformersEngine.generate``, the engine training and evaluation use. The ratio served / offline is
+  ``requests_per_s_ratio``;
+* **continuous offline** (transformers backend): the server's own decoder (``generation/continuous.py``) in this
+  process with at most ``min(c, bound)`` rows, no HTTP: served / this isolates what HTTP, JSON, chat templates and
+  the engine thread's hand-offs cost (``requests_per_s_vs_offline_continuous``).
+
+Offline and served runs are interleaved over ``repeats`` rounds and medians reported, so drift of a shared machine hits
+both sides alike. Reported per client count: requests/s, completion tokens/s, the ratios served / offline, latency
+p50/p99 (client side), the mean time to first token (server side: arrival to the first decoded token), the mean rows
+per engine batch (continuous batching: per decoding step) and the share of wall time the engine was decoding.
+
+``backend="vllm"`` (run from the vLLM environment) serves with ``serve --backend vllm`` and decodes offline with
+:class:`~elastic_reasoning.generation.vllm_engine.VLLMEngine` (its own continuous batching, bounded by
+``max_num_seqs = min(c, server bound)``).
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import socket
 import statistics
 import subprocess
@@ -26,6 +41,28 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+WORKLOADS = ("uniform", "mixed")
+MIXED_THINKING = (8, 16, 32, 64, 128, 256)
+MIXED_SOLUTION = (4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    thinking_budget: int
+    solution_budget: int
+
+
+def workload(name: str, n: int, *, thinking_budget: int = 24, solution_budget: int = 8) -> list[Request]:
+    prompts = [f"What is {i} + {3 * i + 7}?" for i in range(n)]
+    if name == "uniform":
+        return [Request(p, thinking_budget, solution_budget) for p in prompts]
+    if name == "mixed":
+        rng = random.Random(0)
+        return [Request(p, rng.choice(MIXED_THINKING), rng.choice(MIXED_SOLUTION)) for p in prompts]
+    raise ValueError(f"unknown workload {name!r} ({', '.join(WORKLOADS)})")
 
 
 def _free_port() -> int:
@@ -34,69 +71,141 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prompts(n: int) -> list[str]:
-    return [f"What is {i} + {3 * i + 7}?" for i in range(n)]
-
-
-def _offline(engine, prompts, budget, sampling) -> dict:
+def _offline(generate, requests: list[Request], batch: int) -> dict:
+    """``generate(requests) -> completions`` over consecutive batches of ``batch`` requests."""
     start = time.perf_counter()
-    out = engine.generate(prompts, budget, sampling)
+    tokens = 0
+    for i in range(0, len(requests), batch):
+        tokens += sum(len(c.completion_ids) for c in generate(requests[i : i + batch]))
     wall = time.perf_counter() - start
-    tokens = sum(len(c.completion_ids) for c in out)
-    return {"seconds": wall, "requests_per_s": len(prompts) / wall, "tokens_per_s": tokens / wall, "tokens": tokens}
+    return {"seconds": wall, "requests_per_s": len(requests) / wall, "tokens_per_s": tokens / wall, "tokens": tokens}
 
 
 def _metrics(url: str) -> dict[str, float]:
     text = urllib.request.urlopen(url + "/metrics", timeout=30).read().decode()
-    out = {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, value = line.rsplit(" ", 1)
-            out[name.split("{")[0]] = out.get(name.split("{")[0], 0.0) + float(value)
+            key = name.split("{")[0]
+            out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
-def _served(url: str, model: str, prompts, concurrency: int, t: int, s: int) -> dict:
+def _served(url: str, model: str, requests: list[Request], clients: int) -> dict:
     import httpx
 
     before = _metrics(url)
-    chunks = [prompts[i::concurrency] for i in range(concurrency)]
+    shares = [requests[i::clients] for i in range(clients)]
 
-    def client(mine: list[str]) -> tuple[int, int]:
-        done = tokens = 0
+    def client(mine: list[Request]) -> tuple[int, list[float]]:
+        tokens, latencies = 0, []
         with httpx.Client(base_url=url + "/v1", timeout=600) as http:
-            for prompt in mine:
+            for req in mine:
+                sent = time.perf_counter()
                 r = http.post("/chat/completions", json={
-                    "model": model, "messages": [{"role": "user", "content": prompt}], "thinking_budget": t,
-                    "solution_budget": s, "temperature": 1.0, "top_p": 1.0})
+                    "model": model, "messages": [{"role": "user", "content": req.prompt}],
+                    "thinking_budget": req.thinking_budget, "solution_budget": req.solution_budget,
+                    "temperature": 1.0, "top_p": 1.0})
                 r.raise_for_status()
+                latencies.append(time.perf_counter() - sent)
                 tokens += r.json()["usage"]["completion_tokens"]
-                done += 1
-        return done, tokens
+        return tokens, latencies
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        results = list(pool.map(client, chunks))
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, shares))
     wall = time.perf_counter() - start
     after = _metrics(url)
-    batches = after["elastic_reasoning_batches_total"] - before["elastic_reasoning_batches_total"]
-    rows = after["elastic_reasoning_batch_rows_total"] - before["elastic_reasoning_batch_rows_total"]
-    busy = after["elastic_reasoning_engine_busy_seconds_total"] - before["elastic_reasoning_engine_busy_seconds_total"]
-    done = sum(d for d, _ in results)
-    tokens = sum(k for _, k in results)
-    return {"seconds": wall, "requests_per_s": done / wall, "tokens_per_s": tokens / wall, "tokens": tokens,
-            "mean_batch_rows": rows / batches if batches else 0.0, "engine_busy_share": busy / wall,
-            "engine_seconds_per_batch": busy / batches if batches else 0.0}
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    batches = delta.get("elastic_reasoning_batches_total", 0.0)
+    rows = delta.get("elastic_reasoning_batch_rows_total", 0.0)
+    busy = delta.get("elastic_reasoning_engine_busy_seconds_total", 0.0)
+    ttft_n = delta.get("elastic_reasoning_time_to_first_token_seconds_count", 0.0)
+    ttft = delta.get("elastic_reasoning_time_to_first_token_seconds_sum", 0.0) / ttft_n if ttft_n else float("nan")
+    latencies = sorted(x for _, lat in results for x in lat)
+    tokens = sum(t for t, _ in results)
+    return {"seconds": wall, "requests_per_s": len(latencies) / wall, "tokens_per_s": tokens / wall, "tokens": tokens,
+            "latency_p50_s": _quantile(latencies, 0.5), "latency_p99_s": _quantile(latencies, 0.99),
+            "ttft_mean_s": ttft, "mean_batch_rows": rows / batches if batches else float("nan"),
+            "engine_busy_share": busy / wall if busy else float("nan")}
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def _median_row(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+class _Server:
+    """``elastic-reasoning serve`` in a child process on a loopback port."""
+
+    def __init__(self, cmd: list[str], env: dict, port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/health", timeout=2)
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise RuntimeError(f"the server did not start: {self.process.stderr.read()[-2000:]}") from None
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _offline_engine(backend: str, path: str, max_batch_size: int):
+    """``generate(requests) -> completions`` on the backend's offline engine, and for the transformers backend also
+    ``decode(requests, rows)``: the continuous decoder offline, at most ``rows`` rows at a time (no HTTP)."""
+    from ..budget import BudgetConfig
+    from ..generation.record import SamplingConfig
+
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0)
+
+    def budgets(requests):
+        return [BudgetConfig(thinking_budget=r.thinking_budget, solution_budget=r.solution_budget) for r in requests]
+
+    if backend == "transformers":
+        from ..generation.transformers_engine import TransformersEngine
+
+        from ..generation.continuous import DecodeRequest
+
+        engine = TransformersEngine.from_pretrained(path, device="cpu", max_batch_size=max_batch_size)
+
+        def decode(requests, rows):
+            decoder = engine.continuous_decoder(max_rows=rows)
+            return decoder.run([DecodeRequest(engine.render(r.prompt, b), b, sampling)
+                                for r, b in zip(requests, budgets(requests))])
+
+        generate = lambda requests: engine.generate([r.prompt for r in requests], budgets(requests), sampling)  # noqa: E731
+        generate.decode = decode
+        return generate
+    if backend == "vllm":
+        from ..generation.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine.from_pretrained(path, max_num_seqs=max_batch_size)
+        return lambda requests: engine.generate([r.prompt for r in requests], budgets(requests), sampling)
+    raise ValueError(f"unknown backend {backend!r} (transformers or vllm)")
 
 
 def run_serve_bench(*, model: str = "toy", requests: int = 64, concurrency=(1, 4, 16), thinking_budget: int = 24,
                     solution_budget: int = 8, max_batch_size: int = 16, threads: int = 1, repeats: int = 3,
+                    workloads=WORKLOADS, backend: str = "transformers", batching: str = "continuous",
                     quick: bool = False, log=None) -> dict:
     import torch
 
-    from ..budget import BudgetConfig
-    from ..generation.record import SamplingConfig
-    from ..generation.transformers_engine import TransformersEngine
     from ..models import resolve_model_path
 
     if quick:
@@ -104,80 +213,99 @@ def run_serve_bench(*, model: str = "toy", requests: int = 64, concurrency=(1, 4
     torch.set_num_threads(threads)
     path = resolve_model_path(model)
     say = (lambda msg: print(msg, file=log, flush=True)) if log else (lambda msg: None)
-    prompts = _prompts(requests)
-    budget = BudgetConfig(thinking_budget=thinking_budget, solution_budget=solution_budget)
-    sampling = SamplingConfig(temperature=1.0, top_p=1.0)
-    engine = TransformersEngine.from_pretrained(path, device="cpu", max_batch_size=max(requests, max_batch_size))
-    engine.generate(prompts[:4], budget, sampling)  # warm-up
-    offline: list[dict] = []
-    served: dict[int, list[dict]] = {c: [] for c in concurrency}
+    work = {name: workload(name, requests, thinking_budget=thinking_budget, solution_budget=solution_budget)
+            for name in workloads}
+    batch_of = {c: min(c, max_batch_size) for c in concurrency}
+    # the offline engines: one per batch size for vLLM (max_num_seqs is fixed at start), else one
+    offline_engines = {}  # _offline() hands each engine batches of min(c, bound) requests
+    for c in concurrency:
+        key = batch_of[c] if backend == "vllm" else 0
+        if key not in offline_engines:
+            offline_engines[key] = _offline_engine(backend, path, batch_of[c] if backend == "vllm" else max_batch_size)
+    generate_for = {c: offline_engines[batch_of[c] if backend == "vllm" else 0] for c in concurrency}
+    first = next(iter(work.values()))
+    for g in offline_engines.values():
+        g(first[:4])  # warm-up
 
-    port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    port = _free_port()
     cmd = [sys.executable, "-m", "elastic_reasoning", "serve", "--model", path, "--served-model-name", "bench",
            "--port", str(port), "--max-batch-size", str(max_batch_size), "--max-queue", str(max(256, requests)),
-           "--device", "cpu", "--log-level", "warning"]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+           "--log-level", "warning"]
+    cmd += ["--backend", "vllm"] if backend == "vllm" else ["--device", "cpu", "--batching", batching]
+    offline: dict[str, dict[int, list[dict]]] = {w: {c: [] for c in concurrency} for w in work}
+    decoded: dict[str, dict[int, list[dict]]] = {w: {c: [] for c in concurrency} for w in work}
+    served: dict[str, dict[int, list[dict]]] = {w: {c: [] for c in concurrency} for w in work}
+    server = _Server(cmd, env, port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start: {server.stderr.read()[-2000:]}") from None
-                time.sleep(0.2)
-        _served(url, "bench", prompts[:4], 4, thinking_budget, solution_budget)  # warm-up
+        _served(server.url, "bench", first[:4], 4)  # warm-up
         for rep in range(repeats):  # interleaved, so drift of a shared machine hits every side alike
-            say(f"repeat {rep + 1}/{repeats}: offline, {requests} prompts in one batch")
-            offline.append(_offline(engine, prompts, budget, sampling))
-            for c in concurrency:
-                say(f"repeat {rep + 1}/{repeats}: served, {requests} requests from {c} concurrent clients")
-                served[c].append(_served(url, "bench", prompts, c, thinking_budget, solution_budget))
+            for name, reqs in work.items():
+                for c in concurrency:
+                    say(f"repeat {rep + 1}/{repeats}, {name}: offline in batches of {batch_of[c]}, "
+                        f"served to {c} clients")
+                    offline[name][c].append(_offline(generate_for[c], reqs, batch_of[c]))
+                    decode = getattr(generate_for[c], "decode", None)
+                    if decode is not None:  # the same decoder as the server, offline: what HTTP and scheduling cost
+                        decoded[name][c].append(_offline(lambda rs, c=c: decode(rs, batch_of[c]), reqs, len(reqs)))
+                    served[name][c].append(_served(server.url, "bench", reqs, c))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-    offline.append(_offline(engine, prompts, budget, sampling))
+        server.close()
 
-    def median_row(runs: list[dict]) -> dict:
-        return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-
-    ref = median_row(offline)
-    rows = {
-        str(c): {**(m := median_row(runs)), "requests_per_s_ratio": m["requests_per_s"] / ref["requests_per_s"],
-                 "tokens_per_s_ratio": m["tokens_per_s"] / ref["tokens_per_s"]}
-        for c, runs in served.items()
-    }
+    out_workloads = {}
+    for name in work:
+        rows = {}
+        for c in concurrency:
+            ref, got = _median_row(offline[name][c]), _median_row(served[name][c])
+            rows[str(c)] = {
+                "clients": c, **got,
+                "offline_batch": batch_of[c], "offline_requests_per_s": ref["requests_per_s"],
+                "offline_tokens_per_s": ref["tokens_per_s"],
+                "requests_per_s_ratio": got["requests_per_s"] / ref["requests_per_s"],
+                "tokens_per_s_ratio": got["tokens_per_s"] / ref["tokens_per_s"],
+                "runs_requests_per_s_ratio": [s["requests_per_s"] / o["requests_per_s"]
+                                              for s, o in zip(served[name][c], offline[name][c])],
+            }
+            if decoded[name][c]:
+                dec = _median_row(decoded[name][c])
+                rows[str(c)]["offline_continuous_requests_per_s"] = dec["requests_per_s"]
+                rows[str(c)]["requests_per_s_vs_offline_continuous"] = got["requests_per_s"] / dec["requests_per_s"]
+        reqs = work[name]
+        out_workloads[name] = {
+            "thinking_budgets": sorted({r.thinking_budget for r in reqs}),
+            "solution_budgets": sorted({r.solution_budget for r in reqs}),
+            "served": rows,
+        }
     return {
-        "model": model, "requests": requests, "thinking_budget": thinking_budget, "solution_budget": solution_budget,
-        "max_batch_size": max_batch_size, "threads": threads, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        "repeats": repeats,
-        "offline": {"requests_per_s": ref["requests_per_s"], "tokens_per_s": ref["tokens_per_s"],
-                    "runs_requests_per_s": [o["requests_per_s"] for o in offline]},
-        "served": rows,
+        "backend": backend, "batching": batching if backend != "vllm" else "vllm", "model": model,
+        "requests": requests, "max_batch_size": max_batch_size, "threads": threads,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus", "repeats": repeats, "workloads": out_workloads,
     }
 
 
 def format_table(result: dict) -> str:
-    off = result["offline"]
     lines = [
-        f"serving vs offline, model {result['model']}, {result['requests']} requests, t={result['thinking_budget']} "
-        f"s={result['solution_budget']}, server batch <= {result['max_batch_size']}, {result['threads']} torch thread(s), "
-        f"medians of {result['repeats']} interleaved repeats",
-        f"offline, one batch: {off['requests_per_s']:.1f} req/s, {off['tokens_per_s']:.0f} tok/s "
-        f"(runs: {', '.join(f'{x:.1f}' for x in off['runs_requests_per_s'])} req/s)",
-        "",
-        "| clients | req/s | tok/s | mean rows/batch | engine busy | req/s vs offline | tok/s vs offline |",
-        "|---|---|---|---|---|---|---|",
+        f"serving vs offline, backend {result['backend']} ({result['batching']} batching), model {result['model']}, "
+        f"{result['requests']} requests per run, server batch <= {result['max_batch_size']}, {result['threads']} torch "
+        f"thread(s), medians of {result['repeats']} interleaved repeats; offline in batches of min(clients, bound)",
     ]
-    for c, r in result["served"].items():
-        lines.append(f"| {c} | {r['requests_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['mean_batch_rows']:.1f} | "
-                     f"{r['engine_busy_share']:.0%} | {r['requests_per_s_ratio']:.2f} | {r['tokens_per_s_ratio']:.2f} |")
+    for name, w in result["workloads"].items():
+        t, s = w["thinking_budgets"], w["solution_budgets"]
+        lines += [
+            "",
+            f"workload {name}: t in {t}, s in {s}",
+            "",
+            "| clients | req/s | tok/s | offline req/s | req/s vs offline | tok/s vs offline | vs continuous offline | "
+            "p50 latency | p99 latency | mean TTFT | rows/step | engine busy |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c, r in w["served"].items():
+            lines.append(
+                f"| {c} | {r['requests_per_s']:.1f} | {r['tokens_per_s']:.0f} | {r['offline_requests_per_s']:.1f} | "
+                f"**{r['requests_per_s_ratio']:.2f}** | {r['tokens_per_s_ratio']:.2f} | "
+                f"{r.get('requests_per_s_vs_offline_continuous', float('nan')):.2f} | "
+                f"{r['latency_p50_s'] * 1000:.0f} ms | {r['latency_p99_s'] * 1000:.0f} ms | "
+                f"{r['ttft_mean_s'] * 1000:.1f} ms | {r['mean_batch_rows']:.1f} | {r['engine_busy_share']:.0%} |")
     return "\n".join(lines)
 
 
