@@ -49,5 +49,21 @@ def sample(
         picked = scores.gather(1, tokens[:, None]).squeeze(1)
         return tokens, picked - torch.logsumexp(scores, dim=-1)
     probs = torch.softmax(scores, dim=-1)  # (B, V): one pass, as plain sampling does
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    tokens = draw(probs, generator)
     return tokens, probs.gather(1, tokens[:, None]).squeeze(1).log()
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row from ``probs`` (B, V), exactly, by inverting the cumulative distribution: the first token
+    whose cumulative mass exceeds a uniform draw. Same distribution as ``torch.multinomial(probs, 1)``, one uniform
+    number per row, and on the CPU about 20 times faster (0.2 ms against 4.4 ms for 128 rows of 1,071 tokens on one
+    thread): multinomial was a tenth of every decoding step of the demo's rollouts. (vLLM's sampler avoids
+    multinomial too, with an exponential race; drawing B x V exponentials costs as much as multinomial here.)
+
+    A token of probability zero is never drawn: its cumulative mass equals its predecessor's, so it is never the
+    first to exceed the draw; a draw that rounds up to the total falls back on the row's last possible token."""
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    u = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype)
+    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)  # (B,)
+    last_possible = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(dim=-1)
+    return torch.minimum(tokens, last_possible)
