@@ -42,6 +42,10 @@ class DemoConfig:
     warmup_steps: int = 1500
     warmup_batch: int = 64
     warmup_lr: float = 3e-3
+    warmup_group_by_length: bool = True
+    """Batches of warm-up examples of similar length (transformers' ``LengthGroupedSampler``): a random batch pads to
+    its longest trace (116 tokens at most, 69 on average). Measured on the idle machine, 2 threads, 100 steps each:
+    0.26-0.27 s a step grouped against 0.43 s random."""
     cut_fraction: float = 0.15
     """Share of warm-up examples whose thinking is cut at a random point (the solution finishes the steps)."""
     # GRPO
@@ -199,7 +203,8 @@ def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
     examples = [WorkedExample(e.problem.prompt, e.thinking, e.solution, e.cut)
                 for e in training_examples(problems, seed=0, cut_fraction=cfg.cut_fraction)]
     loss = supervised_warmup(model, tokenizer, examples, str(path) + ".tmp", steps=cfg.warmup_steps,
-                             batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr, bar=bar)
+                             batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr, bar=bar,
+                             group_by_length=cfg.warmup_group_by_length)
     _say(f"warm-up loss {loss:.3f}")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -58,9 +58,10 @@ class _Collator:
 
 def supervised_warmup(model, tokenizer, examples: Sequence[WorkedExample], output_dir: str, *, steps: int = 1500,
                       batch_size: int = 64, learning_rate: float = 3e-3, seed: int = 0, end_thinking: str = "</think>",
-                      progress: bool = True, bf16: bool = False, bar=None):
+                      progress: bool = True, bf16: bool = False, bar=None, group_by_length: bool = False):
     """Train ``model`` in place on ``examples`` for ``steps`` optimizer steps; returns the final training loss.
-    ``bar``: a tqdm bar advanced per step, replacing the Trainer's console output."""
+    ``bar``: a tqdm bar advanced per step, replacing the Trainer's console output. ``group_by_length``: batches of
+    examples of similar length (transformers' ``LengthGroupedSampler``), so less of each batch is padding."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -84,6 +85,7 @@ def supervised_warmup(model, tokenizer, examples: Sequence[WorkedExample], outpu
         disable_tqdm=not progress,
         dataloader_drop_last=True,
         bf16=bf16,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                       data_collator=_Collator(tokenizer.pad_token_id))
