@@ -575,3 +575,31 @@ def test_sampling_values_outside_their_domain_are_a_400(served):
         r = post(served, "/completions", raw)
         assert r.status_code == 400, (bad, r.status_code, r.text)
         assert "temperature" in r.text or "top_p" in r.text
+
+
+def test_metrics_label_requests_by_route_not_by_raw_path(served):
+    for k in range(30):  # invented paths: 404s, and unauthenticated ones
+        assert httpx.get(served.url + f"/probe-{k}/x").status_code == 404
+    assert httpx.get(served.url + "/v1/models").status_code == 401
+    text = httpx.get(served.url + "/metrics").text
+    assert "probe-" not in text
+    assert 'path="other",status="404"' in text
+    assert 'path="/v1/models",status="401"' in text
+
+
+def test_prompts_are_tokenized_off_the_event_loop(served, client):
+    seen = []
+    tokenizer = served.model.tokenizer
+    original = type(tokenizer).apply_chat_template
+
+    def spy(self, *args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    type(tokenizer).apply_chat_template = spy
+    try:
+        client.chat.completions.create(model="toy", messages=MSG, temperature=1.0,
+                                       extra_body={"thinking_budget": 2, "solution_budget": 2})
+    finally:
+        type(tokenizer).apply_chat_template = original
+    assert seen and all(name.startswith("tokenizer") for name in seen)

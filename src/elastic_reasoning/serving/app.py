@@ -14,12 +14,14 @@ frees its slot at once. What is not covered: tools, logprobs, structured output,
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,6 +113,9 @@ class ServedModel:
             tokens = self.engine.budget_tokens(texts)  # a text the tokenizer cannot encode fails here, at start-up
             self.end_ids, self.forced_len = tokens.end_thinking_ids, tokens.forced_len
         self.tokenizer_lock = threading.Lock()
+        # Prompts are tokenized on this one thread, never on the event loop: a huge prompt delays other prompts'
+        # tokenization, not /health or the streams of running requests.
+        self.tokenizer_executor = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
         self.batcher: Batcher | None = None
 
 
@@ -172,7 +177,8 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
         return JSONResponse(APIError(500, f"internal error: {type(err).__name__}: {err}", type="server_error").body(),
                             status_code=500)
 
-    app.add_middleware(_LimitAndCount, metrics=metrics, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(_LimitAndCount, metrics=metrics, max_body_bytes=config.max_body_bytes,
+                       route_paths=lambda: {getattr(r, "path", None) for r in app.routes} - {None})
 
     async def check_key(request: Request) -> None:  # async: a sync dependency would cost a threadpool hop
         if config.api_key is None:
@@ -213,7 +219,7 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
         _check_common(body, config)
         messages = body.chat()
         if model.tokenizer is not None:
-            prompt = _render(model, messages, model.defaults.start_thinking, chat=True)
+            prompt = await _render_off_loop(model, messages, model.defaults.start_thinking, chat=True)
             prompt_tokens = len(prompt)
         else:
             prompt, prompt_tokens = messages, 0
@@ -233,7 +239,7 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
             if model.tokenizer is None:
                 prompts.append((p, 0))
                 continue
-            ids = _render(model, p, start, chat=False)
+            ids = await _render_off_loop(model, p, start, chat=False)
             prompts.append((ids, len(ids)))
         if len(prompts) * body.n > config.max_batch_size:
             raise bad_request(f"{len(prompts)} prompts x n={body.n} is more than the {config.max_batch_size} rows a "
@@ -251,6 +257,10 @@ def make_batcher(engine, config: ServerConfig):
     """Continuous batching where the engine offers it (a local transformers model), else whole batches."""
     if config.batching not in ("continuous", "static"):
         raise ValueError(f"batching must be 'continuous' or 'static', got {config.batching!r}")
+    if getattr(engine, "is_async", False):  # vLLM's AsyncLLM: it batches continuously itself
+        from .async_batcher import AsyncEngineBatcher
+
+        return AsyncEngineBatcher(engine, max_batch_size=config.max_batch_size, max_queue=config.max_queue)
     if config.batching == "continuous" and hasattr(engine, "continuous_decoder"):
         from .continuous_batcher import ContinuousBatcher
 
@@ -269,6 +279,14 @@ def _check_common(body, config: ServerConfig) -> None:
         raise bad_request(f"{feature} is not supported by this server", feature)
     if body.n > min(config.max_n, config.max_batch_size):
         raise bad_request(f"n={body.n} is more than this server allows ({min(config.max_n, config.max_batch_size)})", "n")
+
+
+async def _render_off_loop(model: ServedModel, prompt, start_thinking: str, *, chat: bool) -> list[int]:
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        return _render(model, prompt, start_thinking, chat=chat)  # token ids: nothing to tokenize
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(model.tokenizer_executor, functools.partial(_render, model, prompt,
+                                                                                  start_thinking, chat=chat))
 
 
 def _render(model: ServedModel, prompt, start_thinking: str, *, chat: bool) -> list[int]:
@@ -419,10 +437,21 @@ def _count(metrics: Metrics, endpoint: str, prompt_tokens: int, completions: lis
 
 class _LimitAndCount:
     """Pure ASGI middleware (streaming and disconnects pass through untouched): 413 for an oversize body, and
-    a count of responses by path and status."""
+    a count of responses by route and status. The label is the matched route's template; any other path (a 404, a
+    probe) counts as ``other``, so a client cannot grow /metrics by inventing paths."""
 
-    def __init__(self, app, metrics: Metrics, max_body_bytes: int):
+    def __init__(self, app, metrics: Metrics, max_body_bytes: int, route_paths: Callable[[], set[str]] = set):
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self._route_paths = route_paths
+        self._known: set[str] | None = None
+
+    def _label(self, scope) -> str:
+        route = scope.get("route")  # set by the router when a route matched
+        if route is not None and getattr(route, "path", None):
+            return route.path
+        if self._known is None:
+            self._known = set(self._route_paths())
+        return scope["path"] if scope["path"] in self._known else "other"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -448,12 +477,12 @@ class _LimitAndCount:
         if too_large is not None:
             response = JSONResponse(APIError(413, f"the request body (at least {too_large} bytes) is over the limit of "
                                                   f"{self.max_body_bytes}").body(), status_code=413)
-            self.metrics.inc("http_requests_total", path=scope["path"], status="413")
+            self.metrics.inc("http_requests_total", path=self._label(scope), status="413")
             return await response(scope, receive, send)
 
         async def counting_send(message):
             if message["type"] == "http.response.start":
-                self.metrics.inc("http_requests_total", path=scope["path"], status=str(message["status"]))
+                self.metrics.inc("http_requests_total", path=self._label(scope), status=str(message["status"]))
             await send(message)
 
         await self.app(scope, receive, counting_send)
@@ -649,6 +678,17 @@ def build_local_model(model: str, *, name: str | None = None, defaults: ModelDef
     from ..generation.engines import load_engine
 
     engine = load_engine(model, "transformers", dtype=dtype, device=device, max_batch_size=max_batch_size)
+    return ServedModel(name=name or _display_name(model), engine=engine, defaults=defaults or ModelDefaults(),
+                       aliases=(model,))
+
+
+def build_vllm_model(model: str, *, name: str | None = None, defaults: ModelDefaults | None = None,
+                     dtype: str | None = None, max_batch_size: int = 16, max_model_len: int | None = None) -> ServedModel:
+    """A model on vLLM's async engine with the budget processor in the engine (``serve --backend vllm``)."""
+    from ..generation.vllm_async_engine import VLLMAsyncEngine
+
+    engine = VLLMAsyncEngine.from_pretrained(model, dtype=dtype or "auto", max_model_len=max_model_len or 2048,
+                                             max_num_seqs=max_batch_size)
     return ServedModel(name=name or _display_name(model), engine=engine, defaults=defaults or ModelDefaults(),
                        aliases=(model,))
 
