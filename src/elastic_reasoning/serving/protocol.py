@@ -308,26 +308,70 @@ def _thinking_from_request(req: _Common) -> tuple[int | None, str | None]:
 
 def resolve_budget(req: _Common, defaults: ModelDefaults, *, prompt_tokens: int, context_length: int | None,
                    forced_len: int = 0, plain: bool = False) -> ResolvedBudget:
-    """The BudgetConfig of one request. ``plain``: the completions endpoint without budgets (a plain decoder)."""
-    max_total, total_src = None, None
-    caps = [(k, getattr(req, k)) for k in ("max_tokens", "max_completion_tokens") if getattr(req, k) is not None]
-    if caps:
-        total_src, max_total = min(caps, key=lambda kv: kv[1])
-    room = None
-    if context_length is not None:
-        room = context_length - prompt_tokens
-        if room <= 0:
-            raise bad_request(f"the prompt is {prompt_tokens} tokens: it leaves no room in the model's context of "
-                              f"{context_length} tokens", "messages" if isinstance(req, ChatCompletionRequest) else "prompt")
-    if room is not None and max_total is not None and max_total > room:
-        raise bad_request(f"{total_src}={max_total} is beyond the context: the prompt is {prompt_tokens} tokens and "
-                          f"the model's context {context_length}, so at most {room} can be generated", total_src)
+    """The BudgetConfig of one request. ``plain``: the completions endpoint without budgets (a plain decoder).
+
+    Three rules, each its own function: the total cap (:func:`_total_cap`, checked against the context by
+    :func:`_context_room`), which budget wins (:func:`_budgets_by_precedence`: the request's own names, then its
+    ``reasoning_effort``, then the server's defaults) and fitting to the context (:func:`_fit_to_context`: what the
+    client asked for must fit, server-chosen budgets give way)."""
+    max_total, total_src = _total_cap(req)
+    room = _context_room(req, prompt_tokens, context_length, max_total, total_src)
     if plain:
         # A plain decoder: no thinking logic, EOS ends the completion, max_tokens (or the context) caps it.
         budget = BudgetConfig(end_thinking=defaults.end_thinking, start_thinking="", max_total_tokens=max_total,
                               eos_in_thinking=EosInThinking.STOP)
         return ResolvedBudget(budget, {"max_total_tokens": total_src or "context"})
+    chosen = _budgets_by_precedence(req, defaults)
+    if max_total is None and defaults.max_tokens is not None:
+        max_total, total_src = defaults.max_tokens, "default"
+    chosen.sources["max_total_tokens"] = total_src or "none"
+    if room is not None:
+        _fit_to_context(chosen, room, forced_len, max_total, total_src, prompt_tokens, context_length)
+    budget = BudgetConfig(
+        thinking_budget=chosen.thinking, solution_budget=chosen.solution, max_total_tokens=max_total,
+        end_thinking=defaults.end_thinking, start_thinking=defaults.start_thinking, transition=defaults.transition,
+        answer_prefix=defaults.answer_prefix, eos_in_thinking=defaults.eos_in_thinking,
+    )
+    return ResolvedBudget(budget, chosen.sources)
 
+
+@dataclass
+class _Chosen:
+    """The budgets a request ends up with, where each came from, and which ones the client sent itself."""
+
+    thinking: int | None
+    solution: int | None
+    sources: dict[str, str]
+    explicit_thinking: bool
+    explicit_solution: bool
+
+
+def _total_cap(req: _Common) -> tuple[int | None, str | None]:
+    """The smallest of ``max_tokens`` / ``max_completion_tokens`` the request sent, and its name."""
+    caps = [(k, getattr(req, k)) for k in ("max_tokens", "max_completion_tokens") if getattr(req, k) is not None]
+    if not caps:
+        return None, None
+    name, cap = min(caps, key=lambda kv: kv[1])
+    return cap, name
+
+
+def _context_room(req: _Common, prompt_tokens: int, context_length: int | None, max_total: int | None,
+                  total_src: str | None) -> int | None:
+    """Tokens the context leaves after the prompt (None: unknown); a 400 when none, or when the cap exceeds it."""
+    if context_length is None:
+        return None
+    room = context_length - prompt_tokens
+    if room <= 0:
+        raise bad_request(f"the prompt is {prompt_tokens} tokens: it leaves no room in the model's context of "
+                          f"{context_length} tokens", "messages" if isinstance(req, ChatCompletionRequest) else "prompt")
+    if max_total is not None and max_total > room:
+        raise bad_request(f"{total_src}={max_total} is beyond the context: the prompt is {prompt_tokens} tokens and "
+                          f"the model's context {context_length}, so at most {room} can be generated", total_src)
+    return room
+
+
+def _budgets_by_precedence(req: _Common, defaults: ModelDefaults) -> _Chosen:
+    """Thinking and solution budgets: the request's own fields, else its reasoning_effort's row, else the defaults."""
     sources: dict[str, str] = {}
     thinking, src = _thinking_from_request(req)
     solution = req.solution_budget
@@ -352,36 +396,32 @@ def resolve_budget(req: _Common, defaults: ModelDefaults, *, prompt_tokens: int,
             solution, sources["solution_budget"] = effort.solution_budget, f"reasoning_effort={req.reasoning_effort}"
         else:
             solution, sources["solution_budget"] = defaults.solution_budget, "default"
-    if max_total is None and defaults.max_tokens is not None:
-        max_total, total_src = defaults.max_tokens, "default"
-    sources["max_total_tokens"] = total_src or "none"
+    return _Chosen(thinking, solution, sources, explicit_thinking, explicit_solution)
 
-    if room is not None:
-        # What the client itself asked for must fit; a total cap it sent bounds what it asked for.
-        asked_t = thinking if explicit_thinking else 0
-        asked_s = solution if explicit_solution else 0
-        asked = asked_t + (forced_len if explicit_thinking else 0) + asked_s
-        capped = min(asked, max_total) if total_src not in (None, "default") else asked
-        if (explicit_thinking or explicit_solution) and capped > room:
-            parts = [f"{sources['thinking_budget']}={thinking}"] if explicit_thinking else []
-            parts += [f"solution_budget={solution}"] if explicit_solution else []
-            raise bad_request(f"{' + '.join(parts)} is beyond the context: the prompt is {prompt_tokens} tokens and "
-                              f"the model's context {context_length}, so at most {room} can be generated",
-                              sources["thinking_budget"] if explicit_thinking else "solution_budget")
-        # Server-chosen budgets are fitted: thinking gives way first.
-        if thinking is not None and solution is not None and thinking + forced_len + solution > room:
-            if not explicit_thinking:
-                thinking = max(0, room - forced_len - solution)
-                sources["thinking_budget"] += " (fitted to the context)"
-            if not explicit_solution and thinking + forced_len + solution > room:
-                solution = max(0, room - forced_len - thinking)
-                sources["solution_budget"] += " (fitted to the context)"
-    budget = BudgetConfig(
-        thinking_budget=thinking, solution_budget=solution, max_total_tokens=max_total,
-        end_thinking=defaults.end_thinking, start_thinking=defaults.start_thinking, transition=defaults.transition,
-        answer_prefix=defaults.answer_prefix, eos_in_thinking=defaults.eos_in_thinking,
-    )
-    return ResolvedBudget(budget, sources)
+
+def _fit_to_context(chosen: _Chosen, room: int, forced_len: int, max_total: int | None, total_src: str | None,
+                    prompt_tokens: int, context_length: int | None) -> None:
+    """What the client itself asked for must fit (a 400 otherwise; a total cap it sent bounds what it asked for);
+    server-chosen budgets are fitted, thinking giving way first."""
+    thinking, solution, sources = chosen.thinking, chosen.solution, chosen.sources
+    asked_t = thinking if chosen.explicit_thinking else 0
+    asked_s = solution if chosen.explicit_solution else 0
+    asked = asked_t + (forced_len if chosen.explicit_thinking else 0) + asked_s
+    capped = min(asked, max_total) if total_src not in (None, "default") else asked
+    if (chosen.explicit_thinking or chosen.explicit_solution) and capped > room:
+        parts = [f"{sources['thinking_budget']}={thinking}"] if chosen.explicit_thinking else []
+        parts += [f"solution_budget={solution}"] if chosen.explicit_solution else []
+        raise bad_request(f"{' + '.join(parts)} is beyond the context: the prompt is {prompt_tokens} tokens and "
+                          f"the model's context {context_length}, so at most {room} can be generated",
+                          sources["thinking_budget"] if chosen.explicit_thinking else "solution_budget")
+    if thinking is not None and solution is not None and thinking + forced_len + solution > room:
+        if not chosen.explicit_thinking:
+            thinking = max(0, room - forced_len - solution)
+            sources["thinking_budget"] += " (fitted to the context)"
+        if not chosen.explicit_solution and thinking + forced_len + solution > room:
+            solution = max(0, room - forced_len - thinking)
+            sources["solution_budget"] += " (fitted to the context)"
+    chosen.thinking, chosen.solution = thinking, solution
 
 
 def resolve_sampling(req: _Common, defaults: ModelDefaults) -> SamplingConfig:
