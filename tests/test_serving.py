@@ -603,3 +603,61 @@ def test_prompts_are_tokenized_off_the_event_loop(served, client):
     finally:
         type(tokenizer).apply_chat_template = original
     assert seen and all(name.startswith("tokenizer") for name in seen)
+
+
+# -- the engine in its own process (what `serve --model` runs) --------------------------------------------------
+@pytest.fixture(scope="module")
+def served_process(toy_engine, toy_dir):
+    model = ServedModel("toy", toy_engine, defaults=DEFAULTS,
+                        engine_source={"model_path": str(toy_dir), "engine_kwargs": {"device": "cpu"}})
+    config = ServerConfig(max_batch_size=8, max_queue=64)
+    with BackgroundServer(create_app(model, config)) as server:
+        assert type(model.batcher).__name__ == "EngineProcessBatcher"
+        server.model = model
+        yield server
+
+
+def test_engine_process_serves_budgets_streams_and_seeds_like_the_thread(served_process, client):
+    local = openai.OpenAI(base_url=served_process.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    budgets = {"thinking_budget": 9, "solution_budget": 6}
+    plain = local.chat.completions.create(model="toy", messages=MSG, temperature=1.0, seed=7, extra_body=budgets)
+    threaded = client.chat.completions.create(model="toy", messages=MSG, temperature=1.0, seed=7, extra_body=budgets)
+    assert plain.choices[0].message.content == threaded.choices[0].message.content  # same decoder, same seed
+    reasoning, content, finish, usage, _ = stream_chat(local, temperature=1.0, seed=7, extra_body=budgets)
+    assert reasoning == plain.choices[0].message.model_extra["reasoning_content"]
+    assert content == plain.choices[0].message.content
+    assert usage.completion_tokens == plain.usage.completion_tokens
+
+    def one(i: int):
+        t, s = (0, 3, 8, 16)[i % 4], (2, 5, 9)[i % 3]
+        r = local.chat.completions.create(model="toy", messages=MSG, temperature=1.0, n=1 + i % 2,
+                                          seed=i if i % 5 == 0 else None,
+                                          extra_body={"thinking_budget": t, "solution_budget": s})
+        details = r.usage.completion_tokens_details
+        assert details.reasoning_tokens <= t * len(r.choices) and details.model_extra["solution_tokens"] <= \
+            s * len(r.choices)
+        return 1
+
+    with ThreadPoolExecutor(16) as pool:
+        assert sum(pool.map(one, range(40))) == 40
+    batcher = served_process.model.batcher
+    assert wait_until(lambda: batcher.queued == 0 and not batcher.running and batcher.in_flight == 0)
+    assert batcher.stats.max_rows_in_batch <= 8
+
+
+def test_engine_process_frees_a_disconnected_clients_rows_at_once(served_process):
+    batcher = served_process.model.batcher
+    body = {"model": "toy", "messages": MSG, "thinking_budget": 400, "solution_budget": 80, "temperature": 1.0,
+            "stream": True}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", served_process.url + "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            got = 0
+            while got < 3:
+                if next(lines).startswith("data:"):
+                    got += 1
+            assert len(batcher.running) == 1 and batcher.in_flight == 1
+            start = time.monotonic()
+    assert wait_until(lambda: not batcher.running and batcher.in_flight == 0, timeout=3)
+    assert time.monotonic() - start < 3

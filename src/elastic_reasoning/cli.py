@@ -587,6 +587,9 @@ def _add_serve_parsers(sub, bench_sub) -> None:
                     help="model directory, hub id, or a short name (toy, smollm2-135m); with --upstream: the local "
                          "tokenizer to use (optional)")
     sv.add_argument("--served-model-name", default=None, help="the id clients send (default: the model's name)")
+    sv.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                    help="engine for a local model: transformers (in-process, continuous batching) or vllm (vLLM's "
+                         "async engine with the budget processor inside it; needs vLLM installed)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=_positive_int, default=8000)
     sv.add_argument("--api-key", default=None,
@@ -597,7 +600,8 @@ def _add_serve_parsers(sub, bench_sub) -> None:
     up.add_argument("--upstream-api-key", default=None, help="API key for the upstream")
     up.add_argument("--tokenizer", default=None, help="local tokenizer (default: --model): renders chat prompts, counts tokens")
     up.add_argument("--max-model-len", type=_positive_int, default=None,
-                    help="the upstream model's context (default: what the upstream reports)")
+                    help="the upstream model's context (default: what the upstream reports); --backend vllm: the "
+                         "context vLLM allocates (default 2048)")
     bt = sv.add_argument_group("batching and bounds")
     bt.add_argument("--max-batch-size", type=_positive_int, default=16, help="rows decoded together (default 16)")
     bt.add_argument("--max-queue", type=_non_negative_int, default=256,
@@ -608,6 +612,9 @@ def _add_serve_parsers(sub, bench_sub) -> None:
     bt.add_argument("--batching", choices=["continuous", "static"], default="continuous",
                     help="continuous: a request joins the running batch at the next decoding step (local model); "
                          "static: it waits for the running batch and joins the next (default continuous)")
+    bt.add_argument("--engine", choices=["process", "thread"], default="process",
+                    help="continuous batching: decode in a child process (default; HTTP and decoding never share an "
+                         "interpreter lock) or in a thread of the server")
     bt.add_argument("--prefill-chunk", type=_positive_int, default=512,
                     help="continuous batching: prompt tokens prefilled per step (default 512)")
     sv.add_argument("--dtype", default=None, help="torch dtype (default: float32 on CPU, bfloat16 on GPU)")
@@ -668,7 +675,7 @@ def cmd_serve(args) -> int:
         api_key=args.api_key or os.environ.get("ELASTIC_REASONING_API_KEY") or None,
         max_batch_size=args.max_batch_size, max_queue=args.max_queue, queue_timeout=args.queue_timeout,
         max_concurrent_batches=args.max_concurrent_batches or (16 if args.upstream else 1),
-        batching=args.batching, prefill_chunk=args.prefill_chunk,
+        batching=args.batching, prefill_chunk=args.prefill_chunk, engine_process=args.engine == "process",
     )
     if args.upstream:
         tokenizer = args.tokenizer or args.model
@@ -679,6 +686,11 @@ def cmd_serve(args) -> int:
         model = build_upstream_model(args.upstream, tokenizer=tokenizer, upstream_model=args.upstream_model,
                                      name=args.served_model_name, api_key=args.upstream_api_key, defaults=defaults,
                                      context_length=args.max_model_len)
+    elif args.backend == "vllm":
+        from .serving import build_vllm_model
+
+        model = build_vllm_model(args.model, name=args.served_model_name, defaults=defaults, dtype=args.dtype,
+                                 max_batch_size=args.max_batch_size, max_model_len=args.max_model_len)
     else:
         model = build_local_model(args.model, name=args.served_model_name, defaults=defaults, dtype=args.dtype,
                                   device=args.device, max_batch_size=args.max_batch_size)

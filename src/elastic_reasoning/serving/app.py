@@ -87,6 +87,9 @@ class ServerConfig:
     ``static``: whole ``generate`` calls, a request joins the next batch (batcher.py)."""
     prefill_chunk: int = 512
     """Continuous batching: prompt tokens prefilled per step, so a long prompt does not stall running rows."""
+    engine_process: bool = True
+    """Continuous batching of a model the server loaded itself (``ServedModel.engine_source``): decode in a child
+    process (engine_process.py) rather than a thread, so decoding and HTTP never wait on one interpreter lock."""
 
 
 @dataclass
@@ -99,6 +102,8 @@ class ServedModel:
     aliases: Sequence[str] = ()
     context_length: int | None = None
     """The model's context; read from the engine when None (an upstream engine may not know it: no checks)."""
+    engine_source: dict | None = None
+    """How to load the engine again (``model_path``, ``engine_kwargs``): lets the server decode in its own process."""
 
     def __post_init__(self):
         self.tokenizer = getattr(self.engine, "tokenizer", None)
@@ -132,18 +137,16 @@ def _context_length(engine) -> int | None:
 
 # -- the app -----------------------------------------------------------------------------------------------------
 def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig | None = None) -> FastAPI:
+    """The app: a batcher per model for its lifetime, OpenAI-shaped errors, the size/metrics middleware, and the
+    routes (status routes in :func:`_add_status_routes`, generation routes in :func:`_add_generation_routes`)."""
     models = [models] if isinstance(models, ServedModel) else list(models)
     config = config or ServerConfig()
-    by_name: dict[str, ServedModel] = {}
-    for m in models:
-        for name in (m.name, *m.aliases):
-            by_name.setdefault(name, m)
     metrics = _make_metrics(models)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         for m in models:
-            m.batcher = make_batcher(m.engine, config)
+            m.batcher = make_batcher(m.engine, config, m.engine_source)
             await m.batcher.start()
         try:
             yield
@@ -155,8 +158,18 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
     app.state.models = models
     app.state.metrics = metrics
     app.state.config = config
+    _add_error_handlers(app)
+    app.add_middleware(_LimitAndCount, metrics=metrics, max_body_bytes=config.max_body_bytes,
+                       route_paths=lambda: {getattr(r, "path", None) for r in app.routes} - {None})
+    check_key = _api_key_check(config)
+    _add_status_routes(app, models, metrics, check_key)
+    _add_generation_routes(app, models, metrics, config, check_key)
+    return app
 
-    # -- errors: always OpenAI's shape, bad input always 4xx ------------------------------------------------------
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Errors: always OpenAI's shape, bad input always 4xx."""
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
@@ -177,8 +190,9 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
         return JSONResponse(APIError(500, f"internal error: {type(err).__name__}: {err}", type="server_error").body(),
                             status_code=500)
 
-    app.add_middleware(_LimitAndCount, metrics=metrics, max_body_bytes=config.max_body_bytes,
-                       route_paths=lambda: {getattr(r, "path", None) for r in app.routes} - {None})
+
+def _api_key_check(config: ServerConfig):
+    """The /v1/* dependency: ``Authorization: Bearer KEY`` (or ``x-api-key``) when the server has a key."""
 
     async def check_key(request: Request) -> None:  # async: a sync dependency would cost a threadpool hop
         if config.api_key is None:
@@ -189,15 +203,12 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
             raise APIError(401, "invalid API key: send it as 'Authorization: Bearer KEY'", type="authentication_error",
                            code="invalid_api_key")
 
-    def lookup(name: str) -> ServedModel:
-        model = by_name.get(name)
-        if model is None:
-            raise APIError(404, f"model {name!r} does not exist; this server serves: "
-                                f"{', '.join(m.name for m in models)}", type="not_found_error", param="model",
-                           code="model_not_found")
-        return model
+    return check_key
 
-    # -- endpoints ------------------------------------------------------------------------------------------------
+
+def _add_status_routes(app: FastAPI, models: list[ServedModel], metrics: Metrics, check_key) -> None:
+    """``/health``, ``/metrics``, ``/v1/models``."""
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "models": [m.name for m in models],
@@ -212,6 +223,24 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
         return {"object": "list", "data": [
             {"id": m.name, "object": "model", "created": 0, "owned_by": "elastic-reasoning",
              "max_model_len": m.context_length, "budget_defaults": m.defaults.public()} for m in models]}
+
+
+def _add_generation_routes(app: FastAPI, models: list[ServedModel], metrics: Metrics, config: ServerConfig,
+                           check_key) -> None:
+    """``/v1/chat/completions`` and ``/v1/completions``: look the model up, render, resolve the budget, then
+    :func:`_serve`."""
+    by_name: dict[str, ServedModel] = {}
+    for m in models:
+        for name in (m.name, *m.aliases):
+            by_name.setdefault(name, m)
+
+    def lookup(name: str) -> ServedModel:
+        model = by_name.get(name)
+        if model is None:
+            raise APIError(404, f"model {name!r} does not exist; this server serves: "
+                                f"{', '.join(m.name for m in models)}", type="not_found_error", param="model",
+                           code="model_not_found")
+        return model
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -250,17 +279,25 @@ def create_app(models: ServedModel | Sequence[ServedModel], config: ServerConfig
                                   forced_len=model.forced_len, plain=plain)
         return await _serve(request, model, metrics, config, "completions", body, prompts, resolved, plain=plain)
 
-    return app
 
-
-def make_batcher(engine, config: ServerConfig):
-    """Continuous batching where the engine offers it (a local transformers model), else whole batches."""
+def make_batcher(engine, config: ServerConfig, source: dict | None = None):
+    """Continuous batching where the engine offers it (a local transformers model: in a child process when the
+    server can load it there, else in a thread), else whole batches."""
     if config.batching not in ("continuous", "static"):
         raise ValueError(f"batching must be 'continuous' or 'static', got {config.batching!r}")
     if getattr(engine, "is_async", False):  # vLLM's AsyncLLM: it batches continuously itself
         from .async_batcher import AsyncEngineBatcher
 
         return AsyncEngineBatcher(engine, max_batch_size=config.max_batch_size, max_queue=config.max_queue)
+    if config.batching == "continuous" and config.engine_process and source is not None \
+            and hasattr(engine, "continuous_decoder"):
+        from ..generation.continuous import supports
+        from .engine_process import EngineProcessBatcher
+
+        if supports(engine.model):
+            return EngineProcessBatcher(source["model_path"], engine_kwargs=source.get("engine_kwargs"),
+                                        max_batch_size=config.max_batch_size, max_queue=config.max_queue,
+                                        prefill_chunk=config.prefill_chunk)
     if config.batching == "continuous" and hasattr(engine, "continuous_decoder"):
         from .continuous_batcher import ContinuousBatcher
 
@@ -331,6 +368,7 @@ async def _serve(request: Request, model: ServedModel, metrics: Metrics, config:
                  prompts: list[tuple[Any, int]], resolved: ResolvedBudget, plain: bool = False):
     loop = asyncio.get_running_loop()
     started_at = time.perf_counter()
+    arrived = time.monotonic()  # the clock first tokens are stamped with (engine process included)
     events: asyncio.Queue | None = asyncio.Queue() if body.stream else None
     sampling = resolve_sampling(body, model.defaults)
     works: list[Work] = []
@@ -365,7 +403,8 @@ async def _serve(request: Request, model: ServedModel, metrics: Metrics, config:
         if body.stream:
             watcher.cancel()
             stream = _chat_stream if endpoint == "chat" else _text_stream
-            return _EventStream(stream(model, metrics, body, works, prompts, resolved, events, started_at, plain),
+            return _EventStream(stream(model, metrics, body, works, prompts, resolved, events, started_at, plain,
+                                       arrived),
                                 on_disconnect=cancel_all)
         try:
             results = [await w.future for w in works]
@@ -378,7 +417,7 @@ async def _serve(request: Request, model: ServedModel, metrics: Metrics, config:
     completions = [c for rows in results for c in rows]
     choices = [w.choices[i] for w in works for i in range(w.n)]
     prompt_tokens = sum(t for _, t in prompts)
-    _count(metrics, endpoint, prompt_tokens, completions, started_at, works)
+    _count(metrics, endpoint, prompt_tokens, completions, started_at, works, arrived)
     common = dict(id=new_id("chatcmpl" if endpoint == "chat" else "cmpl"), created=now(), model=model.name,
                   usage=usage_of(prompt_tokens, completions), budget=applied_budget(resolved))
     if endpoint == "chat":
@@ -423,7 +462,7 @@ def _raise_row_errors(results: list[list[Completion]]) -> None:
 
 
 def _count(metrics: Metrics, endpoint: str, prompt_tokens: int, completions: list[Completion], started_at: float,
-           works: Sequence[Work] = ()) -> None:
+           works: Sequence[Work] = (), arrived: float | None = None) -> None:
     metrics.inc("requests_completed_total", endpoint=endpoint)
     metrics.inc("prompt_tokens_total", prompt_tokens)
     metrics.inc("completion_tokens_total", sum(c.extra.get("completion_tokens", len(c.completion_ids)) for c in completions))
@@ -431,8 +470,8 @@ def _count(metrics: Metrics, endpoint: str, prompt_tokens: int, completions: lis
     metrics.inc("thinking_truncated_total", sum(bool(c.thinking_truncated) for c in completions))
     metrics.observe("request_seconds", time.perf_counter() - started_at, endpoint=endpoint)
     firsts = [w.first_token_at for w in works if w.first_token_at is not None]
-    if firsts:
-        metrics.observe("time_to_first_token_seconds", min(firsts) - started_at, endpoint=endpoint)
+    if firsts and arrived is not None:
+        metrics.observe("time_to_first_token_seconds", min(firsts) - arrived, endpoint=endpoint)
 
 
 class _LimitAndCount:
@@ -559,7 +598,7 @@ async def _events_until_done(works: list[Work], events: asyncio.Queue):
         yield item
 
 
-async def _chat_stream(model, metrics, body, works, prompts, resolved, events, started_at, plain) -> AsyncIterator[str]:
+async def _chat_stream(model, metrics, body, works, prompts, resolved, events, started_at, plain, arrived) -> AsyncIterator[str]:
     rid, created = new_id("chatcmpl"), now()
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model.name}
 
@@ -588,7 +627,7 @@ async def _chat_stream(model, metrics, body, works, prompts, resolved, events, s
                     yield chunk(index, {channel: text})
                 yield chunk(index, {}, _finish(c, choice))
         prompt_tokens = sum(t for _, t in prompts)
-        _count(metrics, "chat", prompt_tokens, all_completions, started_at, works)
+        _count(metrics, "chat", prompt_tokens, all_completions, started_at, works, arrived)
         if body.stream_options is not None and body.stream_options.include_usage:
             yield _sse({**head, "choices": [], "usage": usage_of(prompt_tokens, all_completions).model_dump()})
     except Cancelled:
@@ -601,7 +640,7 @@ async def _chat_stream(model, metrics, body, works, prompts, resolved, events, s
     yield "data: [DONE]\n\n"
 
 
-async def _text_stream(model, metrics, body, works, prompts, resolved, events, started_at, plain) -> AsyncIterator[str]:
+async def _text_stream(model, metrics, body, works, prompts, resolved, events, started_at, plain, arrived) -> AsyncIterator[str]:
     rid, created = new_id("cmpl"), now()
     head = {"id": rid, "object": "text_completion", "created": created, "model": model.name}
 
@@ -628,7 +667,7 @@ async def _text_stream(model, metrics, body, works, prompts, resolved, events, s
                     yield chunk(index, text)
                 yield chunk(index, "", _finish(c, choice))
         prompt_tokens = sum(t for _, t in prompts)
-        _count(metrics, "completions", prompt_tokens, all_completions, started_at, works)
+        _count(metrics, "completions", prompt_tokens, all_completions, started_at, works, arrived)
         if body.stream_options is not None and body.stream_options.include_usage:
             yield _sse({**head, "choices": [], "usage": usage_of(prompt_tokens, all_completions).model_dump()})
     except Cancelled:
@@ -677,9 +716,12 @@ def build_local_model(model: str, *, name: str | None = None, defaults: ModelDef
                       dtype=None, device: str | None = None, max_batch_size: int = 16) -> ServedModel:
     from ..generation.engines import load_engine
 
+    from ..models import resolve_model_path
+
     engine = load_engine(model, "transformers", dtype=dtype, device=device, max_batch_size=max_batch_size)
+    source = {"model_path": resolve_model_path(model), "engine_kwargs": {"dtype": dtype, "device": device}}
     return ServedModel(name=name or _display_name(model), engine=engine, defaults=defaults or ModelDefaults(),
-                       aliases=(model,))
+                       aliases=(model,), engine_source=source)
 
 
 def build_vllm_model(model: str, *, name: str | None = None, defaults: ModelDefaults | None = None,

@@ -62,7 +62,7 @@ class Work:
     started: asyncio.Future | None = None
     cancelled: bool = False
     enqueued_at: float = 0.0
-    first_token_at: float | None = None  # perf_counter() when its first token was decoded (continuous batching)
+    first_token_at: float | None = None  # time.monotonic() when its first token was decoded (continuous batching)
 
     @property
     def n(self) -> int:

@@ -152,7 +152,7 @@ class ContinuousBatcher:
         for k, choice in enumerate(work.choices):
             def on_token(token: int, forced: bool, choice=choice) -> None:
                 if work.first_token_at is None:
-                    work.first_token_at = time.perf_counter()
+                    work.first_token_at = time.monotonic()
                 if choice.needs_tokens:
                     choice.push_token(token)
 
