@@ -661,3 +661,21 @@ def test_engine_process_frees_a_disconnected_clients_rows_at_once(served_process
             start = time.monotonic()
     assert wait_until(lambda: not batcher.running and batcher.in_flight == 0, timeout=3)
     assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",  # bad Content-Length
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # chunk size
+])
+def test_malformed_http_gets_the_openai_error_body(served, raw):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and "malformed HTTP request" in error["message"]

@@ -24,8 +24,8 @@ p50/p99 (client side), the mean time to first token (server side: arrival to the
 per engine batch (continuous batching: per decoding step) and the share of wall time the engine was decoding.
 
 ``backend="vllm"`` (run from the vLLM environment) serves with ``serve --backend vllm`` and decodes offline with
-:class:`~elastic_reasoning.generation.vllm_engine.VLLMEngine` (its own continuous batching, bounded by
-``max_num_seqs = min(c, server bound)``).
+:class:`~elastic_reasoning.generation.vllm_engine.VLLMEngine` (``max_num_seqs`` = the server bound), handed the same
+batches of ``min(c, bound)`` requests.
 """
 
 from __future__ import annotations
@@ -216,16 +216,11 @@ def run_serve_bench(*, model: str = "toy", requests: int = 64, concurrency=(1, 4
     work = {name: workload(name, requests, thinking_budget=thinking_budget, solution_budget=solution_budget)
             for name in workloads}
     batch_of = {c: min(c, max_batch_size) for c in concurrency}
-    # the offline engines: one per batch size for vLLM (max_num_seqs is fixed at start), else one
-    offline_engines = {}  # _offline() hands each engine batches of min(c, bound) requests
-    for c in concurrency:
-        key = batch_of[c] if backend == "vllm" else 0
-        if key not in offline_engines:
-            offline_engines[key] = _offline_engine(backend, path, batch_of[c] if backend == "vllm" else max_batch_size)
-    generate_for = {c: offline_engines[batch_of[c] if backend == "vllm" else 0] for c in concurrency}
+    # one offline engine; _offline() hands it batches of min(c, bound) requests
+    generate = _offline_engine(backend, path, max_batch_size)
+    generate_for = {c: generate for c in concurrency}
     first = next(iter(work.values()))
-    for g in offline_engines.values():
-        g(first[:4])  # warm-up
+    generate(first[:4])  # warm-up
 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     port = _free_port()

@@ -754,13 +754,33 @@ def _display_name(model: str) -> str:
     return path.name if path.is_dir() else model
 
 
+def http_protocol():
+    """uvicorn's HTTP protocol (httptools when installed, else h11) whose answer to a request it cannot parse (a bad
+    Content-Length or chunk size...) is OpenAI's JSON error body rather than uvicorn's plain text."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:  # no httptools: h11, whose 400 is written through its own state machine
+        return "auto"
+
+    class OpenAIErrorProtocol(Base):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps(APIError(400, f"malformed HTTP request: {msg}").body()).encode()
+            self.transport.write(b"".join([
+                b"HTTP/1.1 400 Bad Request\r\n", b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n", b"connection: close\r\n\r\n",
+                body]))
+            self.transport.close()
+
+    return OpenAIErrorProtocol
+
+
 def run_server(models: ServedModel | Sequence[ServedModel], config: ServerConfig, *, host: str = "127.0.0.1",
                port: int = 8000, log_level: str = "info") -> None:
     """Serve until interrupted (uvicorn)."""
     import uvicorn
 
     app = create_app(models, config)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, http=http_protocol())
 
 
 class BackgroundServer:
@@ -771,7 +791,7 @@ class BackgroundServer:
         import uvicorn
 
         self.config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2,
-                                     lifespan="on")
+                                     lifespan="on", http=http_protocol())
         self.server = uvicorn.Server(self.config)
         self.app = app
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
