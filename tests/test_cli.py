@@ -118,3 +118,12 @@ def test_reward_code_command_rejects_malformed_tests(tmp_path, content, message)
     tests.write_text(content)
     r = er("reward", "code", "--completion", "x", "--tests", str(tests))
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bench_sampler_prints_both_timings_as_json():
+    out = er("bench", "sampler", "--rows", "8", "--vocab", "50", "--repeats", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rows"] == 8 and result["vocab"] == 50
+    assert result["multinomial_ms"] > 0 and result["inverse_cdf_ms"] > 0
+    assert result["speedup"] == result["multinomial_ms"] / result["inverse_cdf_ms"]

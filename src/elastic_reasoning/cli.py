@@ -193,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--programs", type=_positive_int, default=64)
     br.add_argument("--answers", type=_positive_int, default=200)
     br.set_defaults(func=cmd_bench_rewards)
+    bs = bench_sub.add_parser("sampler", help="the engines' token draw (inverse CDF) vs torch.multinomial",
+                              description="Time per draw of one token for every row of a batch, the engines' "
+                                          "inverse-CDF draw against torch.multinomial on the same probabilities "
+                                          "(medians of interleaved repeats).")
+    bs.add_argument("--rows", type=_positive_int, default=128, help="batch rows (default 128: a demo GRPO step)")
+    bs.add_argument("--vocab", type=_positive_int, default=1071, help="vocabulary (default 1071: the demo's model)")
+    bs.add_argument("--threads", type=_positive_int, default=1)
+    bs.add_argument("--repeats", type=_positive_int, default=9)
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(func=cmd_bench_sampler)
     _add_eval_parsers(sub, bench_sub)
     _add_serve_parsers(sub, bench_sub)
     return parser
@@ -389,6 +399,19 @@ def cmd_bench_rewards(args) -> int:
     else:
         for name, row in result.items():
             print(f"{name}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    return 0
+
+
+def cmd_bench_sampler(args) -> int:
+    from .bench import sampler
+
+    result = sampler.run(rows=args.rows, vocab=args.vocab, repeats=args.repeats, threads=args.threads)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['rows']} rows x {result['vocab']} tokens, {result['threads']} thread(s): multinomial "
+              f"{result['multinomial_ms']:.3f} ms, inverse CDF {result['inverse_cdf_ms']:.3f} ms a draw "
+              f"(x{result['speedup']:.1f})")
     return 0
 
 
