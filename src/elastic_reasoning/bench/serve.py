@@ -9,7 +9,7 @@ Workloads (the same chat prompts, temperature 1, top-p 1, no seed):
 For each workload and client count ``c``:
 
 * **served**: ``elastic-reasoning serve`` in a child process on a loopback port, ``c`` concurrent clients (threads,
-  one HTTP connection each, non-streaming) sending the requests between them, each client one request at a time;
+  one keep-alive ``http.client`` connection each, non-streaming) sending the requests between them, each client one request at a time;
 * **offline**: the same requests through the same engine in this process, in batches of ``min(c, server bound)``
   (what a server holding ``c`` requests at a time could at best batch; a 16-client server cannot reach a batch of 64):
   ``TransformersEngine.generate``, the engine training and evaluation use. The ratio served / offline is
@@ -93,23 +93,34 @@ def _metrics(url: str) -> dict[str, float]:
 
 
 def _served(url: str, model: str, requests: list[Request], clients: int) -> dict:
-    import httpx
+    import http.client
+    from urllib.parse import urlparse
 
     before = _metrics(url)
     shares = [requests[i::clients] for i in range(clients)]
+    where = urlparse(url)
 
     def client(mine: list[Request]) -> tuple[int, list[float]]:
+        # the standard library's keep-alive connection: the lightest client there is, so that the clients (threads of
+        # this process, on the same CPU as the server) cost the measurement as little as they can
         tokens, latencies = 0, []
-        with httpx.Client(base_url=url + "/v1", timeout=600) as http:
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=600)
+        try:
             for req in mine:
-                sent = time.perf_counter()
-                r = http.post("/chat/completions", json={
+                body = json.dumps({
                     "model": model, "messages": [{"role": "user", "content": req.prompt}],
                     "thinking_budget": req.thinking_budget, "solution_budget": req.solution_budget,
                     "temperature": 1.0, "top_p": 1.0})
-                r.raise_for_status()
+                sent = time.perf_counter()
+                conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"the server answered {response.status}: {data[:300]!r}")
                 latencies.append(time.perf_counter() - sent)
-                tokens += r.json()["usage"]["completion_tokens"]
+                tokens += json.loads(data)["usage"]["completion_tokens"]
+        finally:
+            conn.close()
         return tokens, latencies
 
     start = time.perf_counter()
