@@ -611,7 +611,7 @@ def _add_serve_parsers(sub, bench_sub) -> None:
                          "tokenizer to use (optional)")
     sv.add_argument("--served-model-name", default=None, help="the id clients send (default: the model's name)")
     sv.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
-                    help="engine for a local model: transformers (in-process, continuous batching) or vllm (vLLM's "
+                    help="engine for a local model: transformers (continuous batching, see --engine) or vllm (vLLM's "
                          "async engine with the budget processor inside it; needs vLLM installed)")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=_positive_int, default=8000)
