@@ -51,3 +51,26 @@ def test_quick_demo_writes_a_well_formed_report(tmp_path, monkeypatch):
             assert again[(r["model"], r["thinking_budget"])]["accuracy_mean"] == r["accuracy_mean"]
     metrics = (tmp_path / "variant" / "models" / "e1-seed0.run" / "metrics.jsonl").read_text().splitlines()
     assert any(json.loads(m).get("rollout/thinking_budget") not in (None, 32) for m in metrics)
+
+
+def test_minimal_trace_ceiling_counts_the_models_tokens():
+    """On the tiny model a word is a token: the ceiling is the share of problems whose 4n - 3 words and </think> fit
+    (the formula of the published runs); on another tokenizer the same function counts that tokenizer's tokens."""
+    from elastic_reasoning.data.synthetic import generate_problems
+    from elastic_reasoning.demo import DemoConfig, minimal_trace_ceiling, task_config
+    from elastic_reasoning.models.toy import build_toy_tokenizer
+
+    cfg = DemoConfig(heldout_problems=200)
+    problems = generate_problems(200, "test", seed=0, config=task_config(cfg))
+    words = [4 * len(p.terms) - 2 for p in problems]
+    expected = {b: 100.0 * sum(k <= b for k in words) / len(words) for b in cfg.budgets}
+    assert minimal_trace_ceiling(cfg, build_toy_tokenizer()) == expected
+
+    class CharTokenizer:  # one token per character: a tokenizer unlike the toy's
+        def encode(self, text, add_special_tokens=False):
+            return list(text)
+
+    chars = [len(p.minimal_thinking()) + len("</think>") for p in problems]
+    got = minimal_trace_ceiling(cfg, CharTokenizer())
+    assert got == {b: 100.0 * sum(k <= b for k in chars) / len(chars) for b in cfg.budgets}
+    assert got[16] < expected[16] or expected[16] == 0.0

@@ -201,3 +201,36 @@ def test_paper_recipes_load_with_the_official_hyperparameters():
         load_config(ROOT / "recipes/toy.yaml", ["--rollout.engine", "sglang"])
     with pytest.raises(ConfigError, match="use_vllm"):
         load_config(ROOT / "recipes/toy.yaml", ["--use_vllm", "true"])
+
+
+def test_lora_settings_are_checked():
+    cfg = load_config(ROOT / "recipes/toy.yaml", ["--model.lora_r", "8"])
+    assert cfg.model.lora().enabled and cfg.model.lora().r == 8
+    assert not load_config(ROOT / "recipes/toy.yaml").model.lora().enabled
+    with pytest.raises(ConfigError, match="model.lora_r"):
+        load_config(ROOT / "recipes/toy.yaml", ["--model.lora_r", "-1"])
+    with pytest.raises(ConfigError, match="model.lora_alpha"):
+        load_config(ROOT / "recipes/toy.yaml", ["--model.lora_alpha", "0"])
+    with pytest.raises(ConfigError, match="vllm"):
+        load_config(ROOT / "recipes/toy.yaml", ["--model.lora_r", "8", "--rollout.engine", "vllm"])
+
+
+def test_supervised_warmup_with_lora_merges_into_the_model(tmp_path):
+    """Adapters train, then fold into the very model object passed in: plain Linear layers, changed weights."""
+    import torch
+
+    from elastic_reasoning.models.toy import build_toy_model, build_toy_tokenizer
+    from elastic_reasoning.training.lora import LoraSettings
+    from elastic_reasoning.training.sft import WorkedExample, supervised_warmup
+
+    tok = build_toy_tokenizer()
+    model = build_toy_model(tok, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    examples = [WorkedExample("what is the sum of 1 2 ?", "1 + 2 = 3", "answer 3")] * 16
+    supervised_warmup(model, tok, examples, str(tmp_path / "run"), steps=4, batch_size=4, learning_rate=1e-2,
+                      progress=False, lora=LoraSettings(r=4))
+    after = model.state_dict()
+    assert set(after) == set(before)  # no lora_A / lora_B left behind
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])  # not a LoRA target

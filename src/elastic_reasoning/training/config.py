@@ -27,6 +27,16 @@ class ModelConfig:
     """Model directory, hub id, or short name (toy, smollm2-135m)."""
     dtype: str | None = None
     """Weights dtype (float32, bfloat16); default: float32 on CPU, bfloat16 on GPU."""
+    lora_r: int = 0
+    """Train LoRA adapters of this rank on every linear layer instead of every weight (``training/lora.py``);
+    0: full fine-tuning. The saved ``final/`` model has the adapters merged in."""
+    lora_alpha: int = 32
+    """LoRA scale numerator (updates are scaled by ``lora_alpha / lora_r``)."""
+
+    def lora(self):
+        from .lora import LoraSettings
+
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha)
 
 
 @dataclass
@@ -162,6 +172,13 @@ def from_dict(raw: dict) -> TrainConfig:
         raise ConfigError(f"rollout.thinking_budget_mix must be a list of non-negative integers, got {mix!r}")
     if mix and cfg.rollout.mode != "elastic":
         raise ConfigError("rollout.thinking_budget_mix applies to rollout.mode elastic only")
+    for key in ("lora_r", "lora_alpha"):
+        value = getattr(cfg.model, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "lora_r" else 1):
+            raise ConfigError(f"model.{key} must be an integer >= {0 if key == 'lora_r' else 1}, got {value!r}")
+    if cfg.model.lora_r and cfg.rollout.engine == "vllm":
+        raise ConfigError("model.lora_r with rollout.engine vllm is not supported: TRL would sync adapter weights "
+                          "into vLLM's base model; use full fine-tuning (lora_r 0) with vLLM rollouts")
     return cfg
 
 

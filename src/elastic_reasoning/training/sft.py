@@ -58,12 +58,20 @@ class _Collator:
 
 def supervised_warmup(model, tokenizer, examples: Sequence[WorkedExample], output_dir: str, *, steps: int = 1500,
                       batch_size: int = 64, learning_rate: float = 3e-3, seed: int = 0, end_thinking: str = "</think>",
-                      progress: bool = True, bf16: bool = False, bar=None, group_by_length: bool = False):
+                      progress: bool = True, bf16: bool = False, bar=None, group_by_length: bool = False,
+                      lora=None):
     """Train ``model`` in place on ``examples`` for ``steps`` optimizer steps; returns the final training loss.
     ``bar``: a tqdm bar advanced per step, replacing the Trainer's console output. ``group_by_length``: batches of
-    examples of similar length (transformers' ``LengthGroupedSampler``), so less of each batch is padding."""
+    examples of similar length (transformers' ``LengthGroupedSampler``), so less of each batch is padding.
+    ``lora``: a ``training.lora.LoraSettings`` with ``r > 0`` trains adapters only, merged into ``model``'s weights
+    at the end (peft injects and merges in place: ``model`` is the trained model either way)."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
+
+    from .lora import merge_lora, with_lora
+
+    base = model
+    model = with_lora(model, lora) if lora is not None else model
 
     rows = []
     for ex in examples:
@@ -94,4 +102,7 @@ def supervised_warmup(model, tokenizer, examples: Sequence[WorkedExample], outpu
 
         quiet(trainer, bar)
     result = trainer.train()
+    merged = merge_lora(model)
+    if merged is not base:  # peft's merge returns the very model it wrapped; anything else would be lost here
+        raise RuntimeError("LoRA merge did not return the wrapped model")
     return result.training_loss

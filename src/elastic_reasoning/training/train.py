@@ -153,6 +153,7 @@ def build_trainer(cfg: TrainConfig):
             processing_class=tokenizer,
             rollout_func=rollout_func,
             callbacks=[callback],
+            peft_config=cfg.model.lora().peft_config() if cfg.model.lora_r else None,
         )
     if cfg.rollout.engine == "vllm" and not torch.cuda.is_available():
         if args.vllm_mode == "colocate":
@@ -464,7 +465,14 @@ def train(cfg: TrainConfig, *, bar=None) -> Path:
         _truncate_metrics(out / "metrics.jsonl", int(Path(resume_from).name.split("-")[-1]))
     trainer.train(resume_from_checkpoint=resume_from)
     if trainer.accelerator.is_main_process:
-        trainer.save_model(str(out / "final"))
+        if cfg.model.lora_r:  # a plain checkpoint, adapters merged in: every engine and eval loads it without peft
+            from .lora import merge_lora
+
+            merged = merge_lora(trainer.accelerator.unwrap_model(trainer.model))
+            merged.save_pretrained(str(out / "final"))
+            trainer.processing_class.save_pretrained(str(out / "final"))
+        else:
+            trainer.save_model(str(out / "final"))
     return out
 
 
