@@ -16,13 +16,14 @@ import time
 
 from ..generation.record import Completion
 from ..generation.seeds import derive_seed
-from .batcher import BatcherStats, Cancelled, Overloaded, Work
+from .batcher import BatcherStats, Cancelled, Overloaded, SettlesWork, Work
 
 log = logging.getLogger("elastic_reasoning.serving")
 
 
-class AsyncEngineBatcher:
+class AsyncEngineBatcher(SettlesWork):
     continuous = True
+    flushes_thinking = True  # completions come back after the rows' streamed tokens
 
     def __init__(self, engine, *, max_batch_size: int = 16, max_queue: int = 256):
         self.engine = engine
@@ -107,26 +108,11 @@ class AsyncEngineBatcher:
         except asyncio.CancelledError:
             return
         except Exception as err:  # noqa: BLE001 - the engine failed: this request gets the error
-            self.running.discard(work)
-            if not work.future.done():
-                self.stats.failed += 1
-                work.future.set_exception(err)
-                work.future.exception()
-                if work.events is not None:
-                    work.events.put_nowait(("error", work, err))
+            self._fail(work, err)
             return
         finally:
             self._tasks.pop(work, None)
-        self.running.discard(work)
-        if work.cancelled or work.future.done():
-            return
-        for choice, c in zip(work.choices, results):
-            if not c.thinking_ended:
-                choice.finish_thinking_tokens()
-        self.stats.completed += 1
-        work.future.set_result(results)
-        if work.events is not None:
-            work.events.put_nowait(("done", work, results))
+        self._complete(work, results)
 
     async def _one(self, work: Work, k: int, seed: int | None) -> Completion:
         choice = work.choices[k]

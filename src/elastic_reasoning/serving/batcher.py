@@ -89,7 +89,48 @@ class BatcherStats:
     busy_seconds: float = 0.0
 
 
-class Batcher:
+class SettlesWork:
+    """How a request leaves any batcher, on the server's event loop: with its completions or with an error.
+
+    Every batcher (:class:`Batcher`, :class:`~.continuous_batcher.ContinuousBatcher`,
+    :class:`~.engine_process.EngineProcessBatcher`, :class:`~.async_batcher.AsyncEngineBatcher`) has ``stats`` and
+    ``running`` and settles a request through these two methods. A request already cancelled (its futures settled by
+    ``cancel``) or already answered is left alone. ``flushes_thinking``: the batcher hands back whole completions
+    after the rows' last tokens were streamed, so a row that ended while thinking still holds back a possible prefix
+    of the end of thinking, which :meth:`_complete` releases (as thinking) before answering; batchers that release it
+    in the engine thread leave it False."""
+
+    stats: BatcherStats
+    running: set
+    flushes_thinking = False
+
+    def _complete(self, work: Work, results: list[Completion]) -> None:
+        self.running.discard(work)
+        if work.cancelled or work.future.done():
+            return
+        if self.flushes_thinking:
+            for choice, c in zip(work.choices, results):
+                if not c.thinking_ended:
+                    choice.finish_thinking_tokens()
+        self.stats.completed += 1
+        work.future.set_result(results)
+        if work.events is not None:
+            work.events.put_nowait(("done", work, results))
+
+    def _fail(self, work: Work, error: BaseException) -> None:
+        self.running.discard(work)
+        if work.cancelled or work.future.done():
+            return
+        self.stats.failed += 1
+        if not work.started.done():
+            work.started.set_result(None)
+        work.future.set_exception(error)
+        work.future.exception()  # a streaming request reads the error from its events instead
+        if work.events is not None:
+            work.events.put_nowait(("error", work, error))
+
+
+class Batcher(SettlesWork):
     """Queue -> batches -> ``engine.generate``. Create, then ``await start()`` inside the server's event loop."""
 
     def __init__(self, engine, *, max_batch_size: int = 16, max_queue: int = 256, max_concurrent_batches: int = 1,
@@ -253,19 +294,10 @@ class Batcher:
                 self._arrived_since_free = 0
             self._dispatch()  # before this batch's answers are sent: a full batch waiting starts at once
         for i, work in enumerate(batch):
-            if work.cancelled or work.future.done():
-                continue
             if results is None:
-                self.stats.failed += 1
-                work.future.set_exception(error)
-                work.future.exception()  # a streaming request reads the error from its events instead
-                if work.events is not None:
-                    work.events.put_nowait(("error", work, error))
-                continue
-            self.stats.completed += 1
-            work.future.set_result(results[i])
-            if work.events is not None:
-                work.events.put_nowait(("done", work, results[i]))
+                self._fail(work, error)
+            else:
+                self._complete(work, results[i])
 
     def _generate(self, batch: list[Work]) -> list[list[Completion]]:
         """Runs in the engine's thread: one ``generate`` call for the whole batch, rows in request order."""

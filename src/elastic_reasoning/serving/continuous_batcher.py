@@ -24,12 +24,12 @@ from collections import deque
 from ..generation.continuous import DecodeRequest
 from ..generation.record import Completion
 from ..generation.seeds import derive_seed
-from .batcher import BatcherStats, Cancelled, Overloaded, Work
+from .batcher import BatcherStats, Cancelled, Overloaded, SettlesWork, Work
 
 log = logging.getLogger("elastic_reasoning.serving")
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(SettlesWork):
     """Queue -> a decoder whose rows join and leave between steps. Create, then ``await start()`` in the loop."""
 
     continuous = True
@@ -180,24 +180,3 @@ class ContinuousBatcher:
         self.running.add(work)
         if not work.started.done():
             work.started.set_result(None)
-
-    def _complete(self, work: Work, results: list[Completion]) -> None:
-        self.running.discard(work)
-        if work.cancelled or work.future.done():
-            return
-        self.stats.completed += 1
-        work.future.set_result(results)
-        if work.events is not None:
-            work.events.put_nowait(("done", work, results))
-
-    def _fail(self, work: Work, error: BaseException) -> None:
-        self.running.discard(work)
-        if work.cancelled or work.future.done():
-            return
-        self.stats.failed += 1
-        if not work.started.done():
-            work.started.set_result(None)
-        work.future.set_exception(error)
-        work.future.exception()
-        if work.events is not None:
-            work.events.put_nowait(("error", work, error))

@@ -27,15 +27,16 @@ from typing import Any
 
 from ..generation.record import Completion
 from ..generation.seeds import derive_seed
-from .batcher import BatcherStats, Cancelled, Overloaded, Work
+from .batcher import BatcherStats, Cancelled, Overloaded, SettlesWork, Work
 
 log = logging.getLogger("elastic_reasoning.serving")
 
 
-class EngineProcessBatcher:
+class EngineProcessBatcher(SettlesWork):
     """Queue in the server -> a :class:`ContinuousDecoder` in a child process."""
 
     continuous = True
+    flushes_thinking = True  # completions come back after the rows' streamed tokens
 
     def __init__(self, model_path: str, *, engine_kwargs: dict[str, Any] | None = None, max_batch_size: int = 16,
                  max_queue: int = 256, prefill_chunk: int = 512, threads: int | None = None):
@@ -218,30 +219,6 @@ class EngineProcessBatcher:
         del self._works[work_id], self._results[work_id]
         # after the stream deltas its last tokens scheduled (ChoiceText hands them to the loop with call_soon)
         self._loop.call_soon(self._complete, work, results)
-
-    def _complete(self, work: Work, results: list[Completion]) -> None:
-        self.running.discard(work)
-        if work.cancelled or work.future.done():
-            return
-        for choice, c in zip(work.choices, results):
-            if not c.thinking_ended:
-                choice.finish_thinking_tokens()
-        self.stats.completed += 1
-        work.future.set_result(results)
-        if work.events is not None:
-            work.events.put_nowait(("done", work, results))
-
-    def _fail(self, work: Work, error: BaseException) -> None:
-        self.running.discard(work)
-        if work.cancelled or work.future.done():
-            return
-        self.stats.failed += 1
-        if not work.started.done():
-            work.started.set_result(None)
-        work.future.set_exception(error)
-        work.future.exception()
-        if work.events is not None:
-            work.events.put_nowait(("error", work, error))
 
     def _child_died(self) -> None:
         log.error("the engine process exited")
