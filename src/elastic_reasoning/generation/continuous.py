@@ -4,13 +4,16 @@
 
 1. retires rows whose caller gave up (``is_cancelled``), at once;
 2. draws one token for every running row from the logits the previous forward left it, with the row's own
-   :class:`~.record.SamplingConfig` and seeded ``torch.Generator`` (``sampling.sample``), lets the row's
-   :class:`~elastic_reasoning.budget.BudgetRow` replace it by a forced token where the budget says so, and records
-   token, sampled/forced mask and log-prob (:mod:`.record`'s definitions: NaN and 0 for a forced token);
+   :class:`~.record.SamplingConfig` and, for a seeded request, its own seeded ``torch.Generator`` (unseeded rows
+   share the decoder's; ``sampling.sample``), lets the row's :class:`~elastic_reasoning.budget.BudgetRow` replace
+   it by a forced token where the budget says so, and records token, sampled/forced mask and log-prob
+   (:mod:`.record`'s definitions: NaN and 0 for a forced token);
 3. retires the rows that are done (their :class:`~.record.Completion` goes to ``on_done``) and runs one forward over
    the rest with the tokens just chosen;
-4. admits waiting requests and runs one chunk (at most ``prefill_chunk`` prompt columns) of their prefill; when a
-   group's prefill is complete, its cache joins the running batch and its rows draw their first token next step.
+4. admits waiting requests (at once when idle; while rows run, once enough of them wait or the oldest has waited a
+   few steps: :meth:`~ContinuousDecoder._admission_due`) and runs one chunk (at most ``prefill_chunk`` prompt
+   columns) of their prefill; when a group's prefill is complete, its cache joins the running batch and its rows
+   draw their first token next step.
 
 So a request joins at the next step instead of waiting for a batch to drain, a finished row leaves at once, a long
 prompt is prefilled a chunk per step (the running rows keep decoding in between, vLLM's chunked prefill), and rows
@@ -42,7 +45,7 @@ import torch
 
 from ..budget import BudgetConfig, BudgetRow
 from .record import Completion, SamplingConfig
-from .sampling import filtered_scores, sample
+from .sampling import draw, filtered_scores, sample
 from .seeds import fresh_seed
 from .two_call import Part, completion_of
 
@@ -70,7 +73,7 @@ class DecodeRequest:
 class _Row:
     request: DecodeRequest
     budget_row: BudgetRow
-    generator: torch.Generator | None
+    generator: torch.Generator | None  # a seeded row's own; None: greedy, or drawn from the decoder's generator
     banned: tuple[torch.Tensor, torch.Tensor] | None  # this row's EOS ids, for the suppress rule
     position: int  # position id of the next token fed to the model
     ids: list[int] = field(default_factory=list)
@@ -182,9 +185,12 @@ class ContinuousDecoder:
     """A decode loop whose rows join and leave between steps. One thread calls :meth:`step`; any thread may
     :meth:`add`. Build it with ``TransformersEngine.continuous_decoder()``."""
 
-    def __init__(self, engine, *, max_rows: int = 16, prefill_chunk: int = 512):
+    def __init__(self, engine, *, max_rows: int = 16, prefill_chunk: int = 512, admit_ratio: float = 0.3,
+                 admit_wait_steps: int = 4):
         if max_rows < 1 or prefill_chunk < 1:
             raise ValueError("max_rows and prefill_chunk must be >= 1")
+        if admit_ratio < 0 or admit_wait_steps < 0:
+            raise ValueError("admit_ratio and admit_wait_steps must be >= 0")
         if not supports(engine.model):
             raise ValueError(f"{type(engine.model).__name__} uses cache layers other than DynamicLayer: continuous "
                              "batching needs plain dynamic KV caches")
@@ -193,14 +199,30 @@ class ContinuousDecoder:
         self.device = engine.device
         self.max_rows = max_rows
         self.prefill_chunk = prefill_chunk
+        self.admit_ratio = admit_ratio
+        self.admit_wait_steps = admit_wait_steps
         self.context = getattr(self.model.config, "max_position_embeddings", None) or 4096
         # transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns); older 5.x only knows it
         self._cache_argument = "cache" if "cache" in inspect.signature(self.model.forward).parameters else \
             "past_key_values"
         self._waiting: deque[DecodeRequest] = deque()
+        self._waiting_since = 0  # self.steps when the oldest waiting request arrived
         self._lock = threading.Lock()
         self._batch = _Batch(self.model)
         self._prefill: _Prefill | None = None
+        # Unseeded rows draw from one generator (one uniform per row in one call): their tokens depend on nothing
+        # anyone can reproduce anyway, and a generator per row costs a tensor op per row at every step.
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(fresh_seed())
+        # A decoding step's mask, built here: (B, 1, 1, L) booleans, what transformers' ``sdpa_mask`` makes of the
+        # (B, L) padding mask for one query column (every cached column is in the past), without its ~0.3 ms of
+        # Python per step (a tenth of a step on a small model; transformers returns a 4D mask as it is given). Only
+        # for SDPA on plain causal attention: eager wants an additive float mask, flash attention a 2D one, and
+        # sliding or chunked attention masks more than padding.
+        config = self.model.config
+        self._own_decode_mask = (getattr(config, "_attn_implementation", None) == "sdpa"
+                                 and getattr(config, "sliding_window", None) is None
+                                 and getattr(config, "attention_chunk_size", None) is None)
         self.steps = 0
         self.row_steps = 0  # rows decoded, summed over steps (row_steps / steps = mean rows per step)
 
@@ -213,6 +235,8 @@ class ContinuousDecoder:
             raise ValueError(f"prompt of {len(request.prompt_ids)} tokens leaves no room in the model's context of "
                              f"{self.context}")
         with self._lock:
+            if not self._waiting:
+                self._waiting_since = self.steps
             self._waiting.append(request)
 
     @property
@@ -325,15 +349,18 @@ class ContinuousDecoder:
         tokens = torch.tensor(chosen, dtype=torch.long)[:, None]  # (B, 1)
         positions = torch.tensor([r.position - 1 for r in batch.rows], dtype=torch.long)[:, None]  # (B, 1)
         batch.attention = torch.cat([batch.attention, torch.ones((len(batch.rows), 1), dtype=torch.long)], dim=1)
-        batch.logits = self._forward(batch, tokens, batch.attention, positions)
+        mask = batch.attention.bool()[:, None, None, :] if self._own_decode_mask else batch.attention
+        batch.logits = self._forward(batch, tokens, mask, positions)
 
     def _draw(self, batch: _Batch) -> tuple[list[int], list[float]]:
-        """One token per row and its log-prob, each row from its own distribution and generator.
+        """One token per row and its log-prob, each row from its own distribution, a seeded row with its own
+        generator.
 
         Every row draws at every step, forced or not, as the one-pass engine does, so a seed gives the tokens of a
         batch of one in ``TransformersEngine.generate``. Rows with the same sampling settings are filtered in one
-        call (``filtered_scores`` and the softmax are row-wise) and drawn by :func:`draw_per_row` (each row's
-        uniform from its own generator); a greedy group needs no generator: one ``sample`` call."""
+        call (``filtered_scores`` and the softmax are row-wise) and drawn by :func:`draw_per_row` (each seeded row's
+        uniform from its own generator, the others' from the decoder's), or by one ``draw`` from the decoder's
+        generator when none of them is seeded; a greedy group needs no generator: one ``sample`` call."""
         logits = batch.logits  # (B, V)
         tokens: list[int] = [0] * len(batch.rows)
         logps: list[float] = [0.0] * len(batch.rows)
@@ -352,15 +379,40 @@ class ContinuousDecoder:
                 picked, picked_logp = sample(rows_logits, sampling, None, banned)
             else:
                 probs = torch.softmax(filtered_scores(rows_logits, sampling, banned), dim=-1)  # as in sample()
-                picked = draw_per_row(probs, [batch.rows[i].generator for i in members])
+                generators = [batch.rows[i].generator for i in members]
+                if all(g is None for g in generators):  # no seeded row: one draw for the group
+                    picked = draw(probs, self._generator)
+                else:
+                    picked = draw_per_row(probs, [g or self._generator for g in generators])
                 picked_logp = probs.gather(1, picked[:, None]).squeeze(1).log()
             for i, token, logp in zip(members, picked.tolist(), picked_logp.tolist()):
                 tokens[i], logps[i] = token, logp
         return tokens, logps
 
+    def _admission_due(self, free: int) -> bool:
+        """Whether waiting requests join now, or wait for company so that they are prefilled together.
+
+        Every prefill is a forward of its own, which on a small model costs about a decoding step whatever its rows
+        (mostly Python), while a free slot left empty for a step costs one row of a step. So while rows are running
+        a lone arrival waits until ``admit_ratio`` x running requests wait (or as many as there are free rows), or
+        until the oldest has waited ``admit_wait_steps`` steps; an idle decoder admits at once. This is
+        text-generation-inference's rule for its padded (non-paged) batches (``router/src/infer/v2/scheduler.rs``:
+        a new batch joins the running one only with ``waiting_served_ratio`` x its size waiting, or after
+        ``max_waiting_tokens`` steps). vLLM's v1 scheduler needs no such rule: it puts the prompt tokens of new
+        requests in the same forward as the running rows' tokens (paged attention over a flat token batch)."""
+        waiting = len(self._waiting)
+        if not waiting or free <= 0:
+            return False
+        running = len(self._batch.rows)
+        if not running or self.steps - self._waiting_since >= self.admit_wait_steps:
+            return True
+        return waiting >= min(free, max(1, int(running * self.admit_ratio)))
+
     def _admit_and_prefill(self) -> None:
         if self._prefill is None:
             free = self.max_rows - len(self._batch.rows)
+            if not self._admission_due(free):
+                return
             admitted: list[_Row] = []
             while free > 0:
                 with self._lock:
@@ -389,7 +441,8 @@ class ContinuousDecoder:
             self._batch.extend(batch)
 
     def _forward(self, batch: _Batch, input_ids, attention, positions) -> torch.Tensor:
-        """One forward over the batch's cache; the logits of each row's last column, (B, V) float32."""
+        """One forward over the batch's cache; the logits of each row's last column, (B, V) float32. ``attention``:
+        the (B, L) padding mask, or a 4D mask transformers uses as it is."""
         out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                          position_ids=positions.to(self.device), use_cache=True, logits_to_keep=1,
                          **{self._cache_argument: batch.cache})
@@ -399,10 +452,10 @@ class ContinuousDecoder:
     def _new_row(self, request: DecodeRequest) -> _Row:
         tokens = self.engine.budget_tokens(request.budget)
         generator = None
-        if not request.sampling.greedy:
-            seed = request.seed if request.seed is not None else request.sampling.seed
+        seed = request.seed if request.seed is not None else request.sampling.seed
+        if not request.sampling.greedy and seed is not None:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed if seed is not None else fresh_seed())
+            generator.manual_seed(seed)
         eos = sorted(tokens.eos_ids)
         banned = None
         if eos:
