@@ -3,9 +3,11 @@
 The server's ``--backend vllm``: every choice of every HTTP request becomes one vLLM request, submitted as it
 arrives; vLLM's own scheduler batches them continuously (a request joins at the next step, a finished one leaves at
 once), and :class:`~.vllm_processor.ElasticBudgetLogitsProcessor`, loaded in the engine, runs both budgets inside it
-in one pass. Tokens stream back as deltas (``RequestOutputKind.DELTA``); the final record is rebuilt with the same
-:func:`~.vllm_engine.replay` as the offline :class:`~.vllm_engine.VLLMEngine` (sampled/forced mask exact, log-probs
-vLLM's ``processed_logprobs``, NaN for forced tokens), so a served completion is the offline engine's record.
+in one pass. Tokens stream back as deltas (``RequestOutputKind.DELTA``) for a choice that streams or watches stop
+strings; otherwise vLLM hands back the finished request only (``FINAL_ONLY``, as vLLM's API server does). The final
+record is rebuilt with the same :func:`~.vllm_engine.replay` as the offline :class:`~.vllm_engine.VLLMEngine`
+(sampled/forced mask exact, log-probs vLLM's ``processed_logprobs``, NaN for forced tokens), so a served completion
+is the offline engine's record.
 
 The engine is built as ``VLLMEngine`` builds its ``LLM``: the processor (unless the entry point registers it),
 ``logprobs_mode="processed_logprobs"``, ``generation_config="vllm"``, eager mode and a small KV cache on a CPU.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -92,11 +95,18 @@ class VLLMAsyncEngine:
 
     async def generate_one(self, prompt_ids: list[int], budget: BudgetConfig, sampling: SamplingConfig, *,
                            seed: int | None = None, on_token: Callable[[int], None] | None = None,
-                           should_stop: Callable[[], bool] | None = None, sample_index: int = 0) -> Completion:
+                           should_stop: Callable[[], bool] | None = None, sample_index: int = 0,
+                           stream: bool = True, on_first_token: Callable[[float], None] | None = None) -> Completion:
         """One completion. ``on_token(token_id)`` gets every token of the completion as vLLM emits it (the stop
         token the processor forces after a spent budget is not one). Cancelling the awaiting task aborts the vLLM
         request at once; so does ``should_stop()`` turning true (a stop string matched): the completion then ends
-        with the tokens so far."""
+        with the tokens so far.
+
+        ``stream=False`` (no ``on_token``, no ``should_stop``): vLLM hands back only the finished request
+        (``RequestOutputKind.FINAL_ONLY``, what vLLM's own API server asks for a request that does not stream, and
+        what its offline ``LLM`` uses), instead of waking this coroutine at every step of every request.
+        ``on_first_token(t)``: the ``time.monotonic()`` at which the first token came (with ``stream=False``, from
+        vLLM's request stats, when it keeps them)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -107,21 +117,31 @@ class VLLMAsyncEngine:
                              f"{self.context_length}")
         if seed is None and sampling.seed is not None:
             seed = sampling.seed
+        if not stream and (on_token is not None or should_stop is not None):
+            raise ValueError("stream=False takes neither on_token nor should_stop")
         params = SamplingParams(
             **vllm_sampling_kwargs(sampling), seed=seed, max_tokens=request_max_tokens(budget, tokens, room),
-            logprobs=0, skip_special_tokens=False, detokenize=False, output_kind=RequestOutputKind.DELTA,
+            logprobs=0, skip_special_tokens=False, detokenize=False,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
             extra_args=budget_extra_args(budget, tokens, sampling=sampling))
         request_id = f"er-{next(_request_ids)}-{fresh_seed() & 0xFFFFFF:06x}"
         shadow = BudgetRow(budget, tokens)  # knows when the completion ends, to stream no token past it
         ids: list[int] = []
         logprobs: list[float] = []
         finished = False
+        submitted = time.monotonic()
         try:
             async for out in self.llm.generate({"prompt_token_ids": list(prompt_ids)}, params, request_id):
                 delta = out.outputs[0]
                 new = list(delta.token_ids)
+                if on_first_token is not None and new and not ids:
+                    latency = getattr(out.metrics, "first_token_latency", None) if not stream else None
+                    on_first_token(submitted + latency if latency else time.monotonic())
                 ids += new
                 logprobs += token_logprobs(new, delta.logprobs)
+                if not stream:
+                    finished = out.finished
+                    continue
                 for token in new:
                     if shadow.done:
                         break

@@ -117,11 +117,18 @@ class AsyncEngineBatcher(SettlesWork):
     async def _one(self, work: Work, k: int, seed: int | None) -> Completion:
         choice = work.choices[k]
 
+        def on_first_token(at: float) -> None:
+            if work.first_token_at is None or at < work.first_token_at:
+                work.first_token_at = at
+
+        if not choice.needs_tokens:  # neither streamed nor watched for stop strings: the finished request is enough
+            return await self.engine.generate_one(work.prompt, work.budget, work.sampling, seed=seed, sample_index=k,
+                                                  stream=False, on_first_token=on_first_token)
+
         def on_token(token: int) -> None:
-            if work.first_token_at is None:
-                work.first_token_at = time.monotonic()
-            if choice.needs_tokens and not choice.stopped:
+            if not choice.stopped:
                 choice.push_token(token)
 
         return await self.engine.generate_one(work.prompt, work.budget, work.sampling, seed=seed, on_token=on_token,
-                                              should_stop=lambda: work.cancelled or choice.stopped, sample_index=k)
+                                              should_stop=lambda: work.cancelled or choice.stopped, sample_index=k,
+                                              on_first_token=on_first_token)
