@@ -234,3 +234,80 @@ def test_supervised_warmup_with_lora_merges_into_the_model(tmp_path):
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
     assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])  # not a LoRA target
+
+
+def _warmup_rows(tok, n=12):
+    from elastic_reasoning.data.synthetic import SyntheticConfig, generate_problems, training_examples
+    from elastic_reasoning.training.sft import WorkedExample, encode_example
+
+    task = SyntheticConfig(min_terms=2, max_terms=6)
+    examples = training_examples(generate_problems(n, "train", seed=1, config=task), seed=1, config=task,
+                                 cut_fraction=0.3)
+    rows = []
+    for e in examples:
+        ids, labels = encode_example(tok, WorkedExample(e.problem.prompt, e.thinking, e.solution, e.cut))
+        rows.append({"input_ids": ids, "labels": labels})
+    return rows
+
+
+def test_packed_warmup_batches_give_the_padded_batches_loss_and_gradients():
+    """Packing examples end to end (sft._Collator(packed=True)) changes the compute, not the loss: the same loss and
+    gradients as right padding, every example whole in one row, positions from 0, no label on its first token."""
+    import torch
+
+    from elastic_reasoning.models.toy import build_toy_model, build_toy_tokenizer
+    from elastic_reasoning.training.sft import _Collator, packing_is_exact
+
+    tok = build_toy_tokenizer()
+    torch.manual_seed(0)
+    model = build_toy_model(tok, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=64)
+    assert packing_is_exact(model)
+    rows = _warmup_rows(tok)
+    padded = _Collator(tok.pad_token_id)(rows)
+    packed = _Collator(tok.pad_token_id, packed=True)(rows)
+    assert packed["input_ids"].shape[0] < len(rows) and packed["input_ids"].shape[1] == padded["input_ids"].shape[1]
+    # every example appears whole in one row, starting at position 0, its first token without a label
+    found = 0
+    for b in range(packed["input_ids"].shape[0]):
+        starts = (packed["position_ids"][b] == 0).nonzero().flatten().tolist() + [packed["input_ids"].shape[1]]
+        for s, e in zip(starts, starts[1:]):
+            piece = packed["input_ids"][b, s:e].tolist()
+            match = [r for r in rows if r["input_ids"] == piece]
+            if match:
+                found += 1
+                assert packed["labels"][b, s].item() == -100
+                assert packed["labels"][b, s + 1:e].tolist() == match[0]["labels"][1:]
+            else:  # the row's tail: padding, no labels
+                assert set(piece) == {tok.pad_token_id} and (packed["labels"][b, s:e] == -100).all()
+    assert found == len(rows)
+    model.train()
+    losses, grads = [], []
+    for batch in (padded, packed):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_packing_check_catches_a_model_that_lets_packed_examples_attend_to_each_other(tmp_path):
+    """A model that ignores packed position ids (here: a forward that drops them, so the packed examples share one
+    causal mask) is caught by sft.packing_is_exact, and the warm-up pads its batches instead, with a warning."""
+    from elastic_reasoning.models.toy import build_toy_model, build_toy_tokenizer
+    from elastic_reasoning.training import sft
+
+    tok = build_toy_tokenizer()
+    model = build_toy_model(tok, hidden_size=64, num_layers=1, num_heads=2, intermediate_size=64)
+    forward = model.forward
+
+    def leaky(input_ids=None, labels=None, position_ids=None, **kwargs):  # drops the position ids
+        return forward(input_ids=input_ids, labels=labels, **kwargs)
+
+    model.forward = leaky
+    assert not sft.packing_is_exact(model)
+    examples = [sft.WorkedExample("what is the sum of 1 2 ?", "1 + 2 = 3", "answer 3")] * 8
+    with pytest.warns(UserWarning, match="pads its batches"):
+        sft.supervised_warmup(model, tok, examples, str(tmp_path / "run"), steps=1, batch_size=4, progress=False)

@@ -186,7 +186,7 @@ class ContinuousDecoder:
     :meth:`add`. Build it with ``TransformersEngine.continuous_decoder()``."""
 
     def __init__(self, engine, *, max_rows: int = 16, prefill_chunk: int = 512, admit_ratio: float = 0.3,
-                 admit_wait_steps: int = 4):
+                 admit_wait_steps: int = 4, generator: torch.Generator | None = None):
         if max_rows < 1 or prefill_chunk < 1:
             raise ValueError("max_rows and prefill_chunk must be >= 1")
         if admit_ratio < 0 or admit_wait_steps < 0:
@@ -210,10 +210,13 @@ class ContinuousDecoder:
         self._lock = threading.Lock()
         self._batch = _Batch(self.model)
         self._prefill: _Prefill | None = None
-        # Unseeded rows draw from one generator (one uniform per row in one call): their tokens depend on nothing
-        # anyone can reproduce anyway, and a generator per row costs a tensor op per row at every step.
-        self._generator = torch.Generator(device=self.device)
-        self._generator.manual_seed(fresh_seed())
+        # Unseeded rows draw from one generator (one uniform per row in one call): a generator per row costs a tensor
+        # op per row at every step. Serving's is seeded from the OS; an offline batch (``TransformersEngine.generate``
+        # with ``continuous=True``) passes its own, seeded from the batch's seed, so the batch is reproducible.
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(fresh_seed())
+        self._generator = generator
         # A decoding step's mask, built here: (B, 1, 1, L) booleans, what transformers' ``sdpa_mask`` makes of the
         # (B, L) padding mask for one query column (every cached column is in the past), without its ~0.3 ms of
         # Python per step (a tenth of a step on a small model; transformers returns a 4D mask as it is given). Only

@@ -86,6 +86,11 @@ class RolloutConfig:
     through this package's ``vllm.logits_processors`` entry point."""
     max_batch_size: int = 256
     """Rows decoded together by the transformers engine."""
+    continuous: bool = True
+    """Transformers rollouts decode with the continuous decoder (``TransformersEngine(continuous=True)``: a finished
+    rollout leaves the batch at once, and a step costs less Python than transformers' ``generate``), except under
+    ZeRO-3 or FSDP, whose sharded forwards keep the processes' decoding steps in lockstep (transformers'
+    ``synced_gpus``). False: transformers' ``generate`` everywhere."""
 
 
 @dataclass

@@ -151,7 +151,8 @@ def _transformers_rollouts(trainer, state: dict, rollout: RolloutConfig, prompts
     (``grpo_trainer.py: _generate_single_turn``): ``unwrap_model_for_generation`` gathers ZeRO-3's sharded weights
     once for the whole rollout (and turns gradient checkpointing off meanwhile), and FSDP1's root parameters are
     summoned. Under ZeRO-3 or FSDP, transformers' ``generate`` keeps the processes' decoding steps in lockstep
-    (``synced_gpus``), so a process whose rows finish early still takes part in the others' collectives."""
+    (``synced_gpus``), so a process whose rows finish early still takes part in the others' collectives: there the
+    static loop runs; elsewhere the continuous decoder (``rollout.continuous``), which lets finished rows go."""
     from trl.models import unwrap_model_for_generation
 
     args = trainer.args
@@ -165,7 +166,9 @@ def _transformers_rollouts(trainer, state: dict, rollout: RolloutConfig, prompts
     ):
         engine = state.get("engine")
         if engine is None or engine.model is not model:
-            engine = TransformersEngine(model, trainer.processing_class, max_batch_size=rollout.max_batch_size)
+            lockstep = dist is not None and (dist.is_zero3 or dist.is_fsdp)
+            engine = TransformersEngine(model, trainer.processing_class, max_batch_size=rollout.max_batch_size,
+                                        continuous=rollout.continuous and not lockstep)
             state["engine"] = engine
         was_training = model.training
         model.eval()
