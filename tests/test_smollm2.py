@@ -208,3 +208,43 @@ def test_sampling_fields_added_to_its_generation_config_change_nothing(engine):
     for a, b in zip(clean, hostile):
         assert a.completion_ids == b.completion_ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5, nan_ok=True)
+
+
+# -- <think> and </think> as single tokens (training.sft.add_thinking_tokens, the SmolLM2 demo's warm-up) --------
+def test_thinking_tokens_become_single_trainable_tokens_that_survive_the_lora_merge(checkpoint, tmp_path):
+    """On SmolLM2's tokenizer (``</think>`` is 3 tokens) with a small random model of its vocabulary: the texts
+    become one special token each, their rows start at the mean of their pieces' rows, train with LoRA
+    (``trainable_tokens``), are merged into the tied embedding, and the saved tokenizer keeps them single."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from elastic_reasoning.training.lora import LoraSettings
+    from elastic_reasoning.training.sft import WorkedExample, add_thinking_tokens, supervised_warmup
+
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+    pieces = tokenizer.encode("</think>", add_special_tokens=False)
+    assert len(pieces) == 3
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                         tie_word_embeddings=True))
+    rows_before = model.get_input_embeddings().weight[pieces].mean(dim=0).clone()
+    ids = add_thinking_tokens(model, tokenizer)
+    assert len(ids) == 2 and tokenizer.encode("a</think>b", add_special_tokens=False).count(ids[1]) == 1
+    embedding = model.get_input_embeddings().weight
+    assert torch.allclose(embedding[ids[1]], rows_before)
+    assert model.get_output_embeddings().weight.data_ptr() == embedding.data_ptr()  # still tied
+    assert add_thinking_tokens(model, tokenizer) == []  # already single tokens: nothing added twice
+
+    start = embedding[ids[1]].clone()
+    examples = [WorkedExample("what is the sum of 1 2 ?", "1 + 2 = 3", "answer 3")] * 8
+    supervised_warmup(model, tokenizer, examples, str(tmp_path / "run"), steps=3, batch_size=4, learning_rate=1e-2,
+                      progress=False, lora=LoraSettings(r=4, trainable_tokens=ids))
+    embedding = model.get_input_embeddings().weight
+    assert not torch.equal(embedding[ids[1]], start)  # the new row trained and was merged in
+    assert model.get_output_embeddings().weight.data_ptr() == embedding.data_ptr()
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    again = AutoTokenizer.from_pretrained(str(tmp_path / "saved"))
+    assert again.encode("</think>", add_special_tokens=False) == [ids[1]]
+    assert again.decode([ids[1]], skip_special_tokens=True) == ""

@@ -43,6 +43,10 @@ class DemoConfig:
     lora_r: int = 0
     """LoRA rank for the warm-up and GRPO (``training/lora.py``; merged before every save); 0: full fine-tuning."""
     lora_alpha: int = 32
+    special_thinking_tokens: bool = False
+    """Add ``<think>`` and ``</think>`` to a pretrained checkpoint's vocabulary as single special tokens before the
+    warm-up (``training.sft.add_thinking_tokens``; their embedding rows train with the LoRA adapters). The tiny
+    model's vocabulary has them already."""
     hidden_size: int = 96
     num_layers: int = 2
     num_heads: int = 3
@@ -110,15 +114,16 @@ class DemoConfig:
     @classmethod
     def smollm2(cls, out: str = "runs/demo-smollm2", quick: bool = False) -> "DemoConfig":
         """Elastic Reasoning on a real pretrained model, SmolLM2-135M-Instruct (issue 18), sized for a 2-core CPU
-        within an hour: one seed (intervals over problems), LoRA, problems of 3-5 terms. SmolLM2's tokenizer writes
-        a number as a space and its digits, and ``</think>`` as 3 tokens: a minimal trace with its end of thinking
-        is 28 tokens on average, at most 32; a worked (padded) trace 61 on average, up to about 106. t* = 32 covers
-        every minimal trace and about a quarter of the worked ones. ``quick``: the same pipeline in a few minutes
-        (``make test``)."""
+        within an hour: one seed (intervals over problems), LoRA, problems of 3-5 terms, 100 held-out problems.
+        SmolLM2's tokenizer writes a number as a space and its digits, and ``</think>`` as 3 tokens, made one here
+        (``special_thinking_tokens``: with 3, E1 learnt to write ``</think`` and leave the ``>`` to the forced end;
+        with no budget it then thought longer than the warm-up, 83 tokens against 60). A minimal trace is 25 tokens on average, at most 29, and its end of
+        thinking 1 more; a worked (padded) trace 58 on average, up to about 103. t* = 32 covers every minimal trace
+        and about a quarter of the worked ones. ``quick``: the same pipeline in a few minutes (``make test``)."""
         cfg = cls(out=out, model="smollm2-135m", lora_r=16, lora_alpha=32, seeds=1, min_terms=3, max_terms=5,
-                  train_problems=2000, heldout_problems=150, warmup_steps=80, warmup_batch=8, warmup_lr=1e-3,
+                  train_problems=2000, heldout_problems=100, warmup_steps=80, warmup_batch=8, warmup_lr=1e-3,
                   grpo_steps=25, prompts_per_step=4, rollouts_per_prompt=4, grpo_lr=3e-4, thinking_budget=32,
-                  solution_budget=16, e1_budget_mix=[], vanilla_max_tokens=128,
+                  solution_budget=16, e1_budget_mix=[], vanilla_max_tokens=128, special_thinking_tokens=True,
                   budgets=[16, 24, 32, 48, 64], eval_max_tokens=160)
         if quick:
             cfg.out = out if out != "runs/demo-smollm2" else "runs/demo-smollm2-quick"
@@ -267,12 +272,12 @@ def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .data.synthetic import generate_problems, training_examples
-    from .training.sft import WorkedExample, supervised_warmup
-
     from .training.lora import LoraSettings
+    from .training.sft import WorkedExample, add_thinking_tokens, supervised_warmup
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    added = add_thinking_tokens(model, tokenizer) if cfg.special_thinking_tokens and cfg.model != "tiny" else []
     task = task_config(cfg)
     problems = generate_problems(cfg.train_problems, "train", seed=0, config=task)
     examples = [WorkedExample(e.problem.prompt, e.thinking, e.solution, e.cut)
@@ -280,7 +285,7 @@ def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
     loss = supervised_warmup(model, tokenizer, examples, str(path) + ".tmp", steps=cfg.warmup_steps,
                              batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr, bar=bar,
                              group_by_length=cfg.warmup_group_by_length,
-                             lora=LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha))
+                             lora=LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, trainable_tokens=added))
     _say(f"warm-up loss {loss:.3f}")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -11,7 +11,7 @@ SmolLM2-135M here, ``docs/demo-smollm2/``) and the optimizer state is a few MB.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -23,6 +23,10 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
     """peft's name for every linear layer but the output head; or a list of module names."""
+    trainable_tokens: list[int] = field(default_factory=list)
+    """Token ids whose embedding rows train beside the adapters (peft's ``trainable_token_indices``): the rows of
+    tokens just added to the vocabulary (``sft.add_thinking_tokens``), which frozen weights would leave at their
+    initial values. Merged into the embedding (and a tied output head) like the adapters."""
 
     @property
     def enabled(self) -> bool:
@@ -32,7 +36,8 @@ class LoraSettings:
         from peft import LoraConfig
 
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, task_type="CAUSAL_LM")
+                          target_modules=self.target_modules, task_type="CAUSAL_LM",
+                          trainable_token_indices=list(self.trainable_tokens) or None)
 
 
 def with_lora(model, settings: LoraSettings):

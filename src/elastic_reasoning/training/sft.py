@@ -39,6 +39,32 @@ def encode_example(tokenizer, example: WorkedExample, end_thinking: str = "</thi
     return input_ids, labels
 
 
+def add_thinking_tokens(model, tokenizer, texts: Sequence[str] = ("<think>", "</think>")) -> list[int]:
+    """Make each of ``texts`` one special token of ``tokenizer`` and ``model``, as Qwen3 and DeepSeek-R1 ship
+    ``<think>`` and ``</think>``; returns the ids added (none when each already is one token).
+
+    Why: a multi-token end of thinking can be written in part. SmolLM2 spells ``</think>`` as ``</``, ``think``,
+    ``>``; an E1 trained on it learnt to write ``</think`` and leave the ``>`` to the budget's forced end (forced
+    tokens carry no loss), so with no budget it thought longer than before training (docs/demo-smollm2/). One token is written
+    whole or not at all. The new rows start at the mean of the embeddings of the pieces the text was made of (and
+    the same for an untied output head), so the model first reads them as it read the text; they must then train
+    (full fine-tuning, or ``LoraSettings.trainable_tokens``)."""
+    pieces = {t: tokenizer.encode(t, add_special_tokens=False) for t in texts}
+    new = [t for t in texts if len(pieces[t]) != 1]
+    if not new:
+        return []
+    tokenizer.add_tokens(new, special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids(new)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    inputs, outputs = model.get_input_embeddings().weight, getattr(model.get_output_embeddings(), "weight", None)
+    with torch.no_grad():
+        for text, i in zip(new, ids):
+            inputs[i] = inputs[pieces[text]].mean(dim=0)
+            if outputs is not None and outputs.data_ptr() != inputs.data_ptr():
+                outputs[i] = outputs[pieces[text]].mean(dim=0)
+    return ids
+
+
 class _Collator:
     """Batches of examples, right-padded to the longest (``packed=False``), or packed: the batch's examples placed
     end to end into as few rows as hold them (first-fit decreasing, rows as wide as the longest example), each with
