@@ -127,3 +127,17 @@ def test_bench_sampler_prints_both_timings_as_json():
     assert result["rows"] == 8 and result["vocab"] == 50
     assert result["multinomial_ms"] > 0 and result["inverse_cdf_ms"] > 0
     assert result["speedup"] == result["multinomial_ms"] / result["inverse_cdf_ms"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--vanilla", "--max-tokens", "12"]])
+def test_bench_rollouts_times_both_decoders_and_scores_them(toy_dir, mode):
+    out = er("bench", "rollouts", "--model", str(toy_dir), "--prompts", "2", "--samples", "2", "--repeats", "1",
+             "--thinking-budget", "6", "--solution-budget", "4", "--json", *mode)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rollouts"] == 4 and set(result["decoders"]) == {"static", "continuous"}
+    for row in result["decoders"].values():
+        assert row["median_s"] > 0 and row["tokens"] > 0 and len(row["accuracy_per_repeat"]) == 1
+    assert result["static_over_continuous_seconds"] == pytest.approx(
+        result["decoders"]["static"]["median_s"] / result["decoders"]["continuous"]["median_s"])
+    assert (result["thinking_budget"] is None) == bool(mode)

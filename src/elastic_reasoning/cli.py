@@ -199,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats; medians compared")
     be.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1, as a demo worker)")
     be.set_defaults(func=cmd_bench_engines)
+    bro = bench_sub.add_parser("rollouts", help="GRPO rollouts: the static decoding loop vs the continuous decoder",
+                               description="The same rollout-shaped batch (synthetic prompts x samples, E1's "
+                                           "budgets or vanilla's cap, T = 1) through the transformers engine's "
+                                           "static loop (transformers' generate) and its continuous decoder "
+                                           "(rollout.continuous), interleaved, one seed per repeat; medians, and "
+                                           "each repeat's accuracy (the two must draw from the same distribution).")
+    bro.add_argument("--model", required=True, help="model directory or short name (e.g. runs/demo/models/warmup)")
+    bro.add_argument("--prompts", type=_positive_int, default=16, help="prompts per batch (default 16, as the demo)")
+    bro.add_argument("--samples", type=_positive_int, default=8, help="rollouts per prompt (default 8)")
+    bro.add_argument("--thinking-budget", type=_positive_int, default=32,
+                     help="E1's t (default 32); --vanilla decodes without budgets instead")
+    bro.add_argument("--solution-budget", type=_positive_int, default=16)
+    bro.add_argument("--vanilla", action="store_true", help="vanilla's rollouts: no budget, --max-tokens at most")
+    bro.add_argument("--max-tokens", type=_positive_int, default=160, help="vanilla's cap (default 160, as the demo)")
+    bro.add_argument("--min-terms", type=_positive_int, default=4)
+    bro.add_argument("--max-terms", type=_positive_int, default=8)
+    bro.add_argument("--repeats", type=_positive_int, default=3, help="interleaved repeats; medians compared")
+    bro.add_argument("--threads", type=_positive_int, default=1, help="torch threads (default 1, as a demo worker)")
+    bro.add_argument("--json", action="store_true", help="print one JSON object")
+    bro.set_defaults(func=cmd_bench_rollouts)
     bt = bench_sub.add_parser("train", help="budget-constrained vs vanilla GRPO: tokens and time per step",
                               description="A few GRPO steps of each rollout mode (elastic, vanilla) on the same "
                                           "recipe; prints tokens generated and wall time per step as ratios. Any "
@@ -484,6 +504,18 @@ def cmd_bench_vllm(args) -> int:
     result = run_vllm_bench(model=args.model, requests=args.requests, prompt_lengths=lengths,
                             thinking_budget=args.thinking_budget, solution_budget=args.solution_budget,
                             repeats=args.repeats, quick=args.quick, log=sys.stderr)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def cmd_bench_rollouts(args) -> int:
+    from .bench.rollouts import format_table, run_rollouts_bench
+
+    result = run_rollouts_bench(model=args.model, prompts=args.prompts, samples=args.samples,
+                                thinking_budget=None if args.vanilla else args.thinking_budget,
+                                solution_budget=args.solution_budget, max_tokens=args.max_tokens,
+                                repeats=args.repeats, threads=args.threads, min_terms=args.min_terms,
+                                max_terms=args.max_terms, log=sys.stderr)
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 

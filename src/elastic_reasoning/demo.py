@@ -61,6 +61,12 @@ class DemoConfig:
     """Batches of warm-up examples of similar length (transformers' ``LengthGroupedSampler``). Faster (0.26 s a step
     on 2 threads against 0.43 s: a random batch pads to its longest trace) but the warm-up then fails to learn the
     task: 4.4 % with no budget after 1500 steps against 94 % with random batches (``docs/demo/variants.md``). Off."""
+    warmup_packed: bool = False
+    """Pack each warm-up batch's examples end to end (``sft._Collator(packed=True)``): the same loss and gradients
+    as padding, 0.26 s a step instead of 0.44 here (7.9 min for the warm-up instead of about 11). Off for the tiny
+    model, on purpose: its padded warm-up reproduces the published run's warm-up bit for bit on this machine, and a
+    packed one (differing by float rounding only) is another draw of the warm-up, on which E1's issue-17 targets at
+    t = 24 and with no budget failed (``docs/demo/variants.md``, "The warm-up draw"). On for SmolLM2."""
     cut_fraction: float = 0.15
     """Share of warm-up examples whose thinking is cut at a random point (the solution finishes the steps)."""
     # GRPO
@@ -124,6 +130,7 @@ class DemoConfig:
                   train_problems=2000, heldout_problems=100, warmup_steps=80, warmup_batch=8, warmup_lr=1e-3,
                   grpo_steps=25, prompts_per_step=4, rollouts_per_prompt=4, grpo_lr=3e-4, thinking_budget=32,
                   solution_budget=16, e1_budget_mix=[], vanilla_max_tokens=128, special_thinking_tokens=True,
+                  warmup_packed=True,
                   budgets=[16, 24, 32, 48, 64], eval_max_tokens=160)
         if quick:
             cfg.out = out if out != "runs/demo-smollm2" else "runs/demo-smollm2-quick"
@@ -284,7 +291,7 @@ def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
                 for e in training_examples(problems, seed=0, config=task, cut_fraction=cfg.cut_fraction)]
     loss = supervised_warmup(model, tokenizer, examples, str(path) + ".tmp", steps=cfg.warmup_steps,
                              batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr, bar=bar,
-                             group_by_length=cfg.warmup_group_by_length,
+                             group_by_length=cfg.warmup_group_by_length, packed=cfg.warmup_packed,
                              lora=LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, trainable_tokens=added))
     _say(f"warm-up loss {loss:.3f}")
     model.save_pretrained(path)
@@ -525,12 +532,16 @@ def _job(kind: str, *args, bar=None) -> None:
         evaluate(*args)
 
 
-def _run_stage(jobs: list[tuple], workers: int, bar, progress) -> None:
+def _run_stage(jobs: list[tuple], workers: int, bar, progress, after: dict[int, int] | None = None) -> None:
     """Run ``jobs`` (``_job`` arguments), ``workers`` at a time in spawned processes (one torch thread each: a tiny
     model decodes no faster on two threads, so two processes do twice the work); ``progress()`` counts what is
-    done from the files the jobs write, for the stage's bar. One worker: in this process."""
+    done from the files the jobs write, for the stage's bar. ``after``: job index -> index of a job that must have
+    finished first (a model's evaluation waits for its training). A free worker takes the first job in list order
+    whose prerequisite is done, so an evaluation fills a worker as soon as its model exists, while a longer
+    training still runs on the other. One worker: in this process, in list order (prerequisites come first)."""
     if not jobs:
         return
+    after = after or {}
     if workers <= 1:
         for job in jobs:
             _job(*job, bar=bar if job[0] == "grpo" else None)
@@ -540,12 +551,23 @@ def _run_stage(jobs: list[tuple], workers: int, bar, progress) -> None:
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    queue = list(range(len(jobs)))
+    finished: set[int] = set()
+    running: dict = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-        pending = {pool.submit(_job, *job) for job in jobs}
-        while pending:
-            done, pending = wait(pending, timeout=2.0, return_when=FIRST_COMPLETED)
+        while queue or running:
+            while len(running) < workers:
+                ready = next((k for k in queue if after.get(k) is None or after[k] in finished), None)
+                if ready is None:
+                    break
+                queue.remove(ready)
+                running[pool.submit(_job, *jobs[ready])] = ready
+            if not running:  # a prerequisite that is not among the jobs: a caller's error
+                raise RuntimeError(f"demo jobs {queue} wait for jobs that never run")
+            done, _ = wait(set(running), timeout=2.0, return_when=FIRST_COMPLETED)
             for future in done:
                 future.result()  # a failed job stops the demo with its own error
+                finished.add(running.pop(future))
             bar.n = progress()
             bar.refresh()
 
@@ -607,7 +629,7 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
     # Longest jobs first (vanilla's rollouts are about twice E1's), so the two workers finish together.
     runs = [(name, mode, seed) for mode, name in (("vanilla", "vanilla"), ("elastic", "e1")) for seed in seeds]
     with Stage(3, total, f"GRPO, E1 (t*={cfg.thinking_budget}, s*={cfg.solution_budget}) and vanilla, "
-                         f"{cfg.grpo_steps} steps x {len(seeds)} seeds (and the warm-up's evaluation)", timings):
+                         f"{cfg.grpo_steps} steps x {len(seeds)} seeds (each model evaluated once trained)", timings):
         target = lambda name, seed: models / f"{name}-seed{seed}"  # noqa: E731
         todo = [("grpo", cfg, models / "warmup", target(name, seed), mode, seed) for name, mode, seed in runs
                 if not (target(name, seed) / "config.json").exists()]
@@ -619,13 +641,24 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
         plan = [("warmup", f"warmup@{s}", models / "warmup", s) for s in seeds]
         plan += [(name, f"{name}-seed{s}", models / f"{name}-seed{s}", s) for name in ("vanilla", "e1") for s in seeds]
         per_model = len(cfg.budgets) + 1
-        # The warm-up's evaluations need no GRPO model: queued behind the GRPO runs, they fill the stage's tail.
-        todo += [("evaluate", cfg, path, key, seed, out) for name, key, path, seed in plan
-                 if name == "warmup" and _lines(out / "eval" / key / "results.jsonl") < per_model * cfg.heldout_problems]
+        # Evaluations queue behind the GRPO runs and start as soon as their model exists (the warm-up's at once,
+        # a GRPO model's when its run ends), so they fill a worker while a longer run goes on in the other; stage 4
+        # is then left with what ends last.
+        grpo_job = {(name, seed): k for k, (_, _, _, path, _, seed) in enumerate(todo)
+                    for name in ("vanilla", "e1") if path == target(name, seed)}
+        after: dict[int, int] = {}
+        for name, key, path, seed in plan:
+            if _lines(out / "eval" / key / "results.jsonl") >= per_model * cfg.heldout_problems:
+                continue
+            if name != "warmup" and (name, seed) in grpo_job:
+                after[len(todo)] = grpo_job[(name, seed)]
+            elif name != "warmup" and not (path / "config.json").exists():
+                continue  # its GRPO run is not in this stage's jobs and not done: stage 4 will say so
+            todo.append(("evaluate", cfg, path, key, seed, out))
 
         with bar("GRPO", cfg.grpo_steps * len(runs), "step") as b:
             b.n = steps_done()
-            _run_stage(todo, cfg.jobs, b, steps_done)
+            _run_stage(todo, cfg.jobs, b, steps_done, after)
     with Stage(4, total, f"budget sweep on {cfg.heldout_problems} held-out problems, through evaluation/", timings):
         def results_done() -> int:
             return sum(_lines(out / "eval" / key / "results.jsonl") for _, key, _, _ in plan)

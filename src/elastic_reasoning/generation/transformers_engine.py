@@ -152,7 +152,7 @@ class TransformersEngine:
         """``generate`` (single pass) decodes through the continuous decoder (:mod:`.continuous`, the loop serving
         uses) instead of transformers' ``generate``: a finished row leaves the batch at once and the next prompt
         takes its slot, so a batch whose completions differ in length stops paying for the finished ones, and a
-        decoding step costs less Python (measured on the demo's rollouts: ``bench rollouts``). The same budgets and
+        decoding step costs less Python (measured on the demo's rollouts: ``elastic-reasoning bench rollouts``). The same budgets and
         sampling rule; a seeded batch is reproducible, but its tokens differ from the static loop's (rows draw
         their uniforms in another order). Needs plain dynamic KV caches (``continuous.supports``; otherwise the
         static loop runs) and processes that need not step in lockstep: not under ZeRO-3 or FSDP, whose
