@@ -265,7 +265,10 @@ def test_ctrl_c_on_the_command_line_leaves_a_store_that_resumes(toy_dir, tmp_pat
     args = [sys.executable, "-m", "elastic_reasoning", "eval", "--model", str(toy_dir), "--thinking-budgets", "4,8",
             "--solution-budget", "4", "--limit", "30", "--max-batch-size", "1", "--output", str(out), "--seed", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell that starts a job in the background without job control (``nohup cmd &`` in a script, some CI runners)
+    # makes it ignore SIGINT, and children inherit that: Ctrl-C must reach this eval as it reaches one in a terminal.
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     results = out / "results.jsonl"
     deadline = time.time() + 90
     while time.time() < deadline and (not results.exists() or results.stat().st_size == 0):
