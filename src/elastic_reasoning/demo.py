@@ -83,14 +83,16 @@ class DemoConfig:
     and answer (``S + x = S' ...`` is 4 tokens a step, ``answer S`` and EOS 3 more). Smaller than the work of a whole
     problem, as a solution budget is in the paper's setting: a solution cannot redo the thinking a cut removed, so
     the thinking a model did before the cut is what counts."""
-    e1_budget_mix: list[int] = field(default_factory=lambda: [20, 28, 32])
+    e1_budget_mix: list[int] = field(default_factory=lambda: [12, 20, 28, 32])
     """E1 trains at this mix of thinking budgets around t* instead of t* alone: each prompt's group of rollouts
-    draws one (``rollout.thinking_budget_mix``), so GRPO's advantage compares rollouts of one budget. 20 and 28 lie
-    below the minimal trace of the hardest problems (30 with its ``</think>``): they keep cutting E1's thinking after
-    it has learnt to think concisely, which is what trains it to finish the work after a cut (at t* = 32 alone a
-    concise E1 is almost never cut). None of the evaluated budgets below t* (8, 16, 24) is in the mix. ``[]``: t*
-    only (the run before issue 17; ``docs/demo/variants.md``). ``seen_in_training`` marks t* alone;
-    ``in_training_mix`` marks evaluated budgets that are in the mix."""
+    draws one (``rollout.thinking_budget_mix``), so GRPO's advantage compares rollouts of one budget. 12, 20 and 28
+    lie below the minimal trace of the hardest problems (30 with its ``</think>``): they keep cutting E1's thinking
+    after it has learnt to think concisely, which is what trains it to finish the work after a cut (at t* = 32 alone
+    a concise E1 is almost never cut); at 12 every problem is cut, and those of 4-5 terms can still be finished in
+    s = 16. None of the evaluated budgets below t* (8, 16, 24) is in the mix. ``[20, 28, 32]`` was the default before
+    session 7 (12 added: +9 to +14 points at t = 16 on two warm-ups, ``docs/demo/variants.md``); ``[]``: t* only
+    (the run before issue 17). ``seen_in_training`` marks t* alone; ``in_training_mix`` marks evaluated budgets that
+    are in the mix."""
     vanilla_max_tokens: int = 160
     # evaluation
     budgets: list[int] = field(default_factory=lambda: [8, 16, 24, 32, 40, 48, 64])
