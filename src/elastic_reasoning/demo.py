@@ -4,7 +4,8 @@
 
 1. build the tiny Llama-style model (offline);
 2. supervised warm-up on worked examples with needlessly long thinking, some of them cut at a random point with a
-   solution that finishes the remaining steps (``training/sft.py``);
+   solution that finishes the remaining steps (``training/sft.py``); with the default settings, the checkpoint the
+   package ships (``models/demo_warmup/``, the same bits this stage trains here: ``DemoConfig.warmup_source``);
 3. from the same warm-up, for each seed: GRPO with budget-constrained rollouts (E1, ``t*``/``s*``) and vanilla GRPO
    (no thinking budget), on TRL (``training/train.py``);
 4. budget sweep of all of them with the ``elastic`` method on held-out problems, at budgets tighter and looser than
@@ -69,6 +70,14 @@ class DemoConfig:
     t = 24 and with no budget failed (``docs/demo/variants.md``, "The warm-up draw"). On for SmolLM2."""
     cut_fraction: float = 0.15
     """Share of warm-up examples whose thinking is cut at a random point (the solution finishes the steps)."""
+    warmup_source: str = "auto"
+    """Where stage 2's warm-up comes from. ``auto``: the checkpoint this package ships (``models/demo_warmup/``: the
+    warm-up of the default settings, trained by this code, stage 2 of ``demo``, on a 2-core machine of this kind; its
+    ``provenance.json`` says how) when every warm-up setting (``WARMUP_SETTINGS``) equals the one it was trained
+    with, else trained here; ``train``: always trained here (about 11 min on 2 cores, and on this kind of machine the
+    same bits as the shipped one: the run says whether they are); ``shipped``: the shipped one, or an error naming
+    the settings that differ. The warm-up stands where the paper's distilled reasoning model stands (E1 starts from
+    DeepScaleR-1.5B-Preview); shipping it takes about 11 of the demo's 24 minutes off ``make demo``."""
     # GRPO
     grpo_steps: int = 100
     prompts_per_step: int = 16
@@ -174,6 +183,39 @@ def apply_overrides(cfg: DemoConfig, items: list[str]) -> DemoConfig:
 E1_ONLY = ("e1_budget_mix",)
 """Settings that change only E1's training: variants differing in these alone share everything else."""
 
+NOT_RESULTS = ("out", "jobs", "threads", "warmup_source")
+"""Settings that change where a run goes or how fast, not what it computes (``warmup_source``: the shipped warm-up
+is the one stage 2 trains, bit for bit, on the machine that trained it)."""
+
+WARMUP_SETTINGS = ("model", "min_terms", "max_terms", "train_problems", "hidden_size", "num_layers", "num_heads",
+                   "intermediate_size", "lora_r", "lora_alpha", "special_thinking_tokens", "warmup_steps",
+                   "warmup_batch", "warmup_lr", "warmup_group_by_length", "warmup_packed", "cut_fraction")
+"""Every setting the warm-up depends on: the shipped warm-up is used only when all of them equal its own."""
+
+SHIPPED_WARMUP = Path(__file__).parent / "models" / "demo_warmup"
+
+
+def shipped_warmup_differences(cfg: DemoConfig) -> list[str]:
+    """Why the shipped warm-up is not this config's: the warm-up settings that differ (empty: it is)."""
+    provenance = json.loads((SHIPPED_WARMUP / "provenance.json").read_text())
+    return [f"{k}: {provenance['settings'].get(k)!r} there, {getattr(cfg, k)!r} here" for k in WARMUP_SETTINGS
+            if provenance["settings"].get(k) != getattr(cfg, k)]
+
+
+def file_md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def training_examples_digest(cfg: DemoConfig) -> str:
+    """SHA-256 of the warm-up's training examples (what ``warmup`` trains on), recorded with the shipped warm-up so
+    that a change of the task's code shows (``tests/test_demo_warmup.py``)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([[e.prompt, e.thinking, e.solution, e.cut] for e in warmup_examples(cfg)])
+                          .encode()).hexdigest()
+
 
 def reuse_shared_runs(cfg: DemoConfig, source: Path) -> list[str]:
     """Copy from another demo directory what a variant of E1 shares with it: the tiny model, the warm-up, the
@@ -185,12 +227,14 @@ def reuse_shared_runs(cfg: DemoConfig, source: Path) -> list[str]:
     if not stored_path.exists():
         raise ValueError(f"--reuse {source}: no demo_config.json (not a demo output directory)")
     stored = json.loads(stored_path.read_text())
-    differ = [k for k, v in asdict(cfg).items() if k not in (*E1_ONLY, "out", "jobs", "threads") and stored.get(k) != v]
+    differ = [k for k, v in asdict(cfg).items() if k not in (*E1_ONLY, *NOT_RESULTS) and stored.get(k) != v]
     if differ:
         raise ValueError(f"--reuse {source}: its runs were made with other settings ("
                          + "; ".join(f"{k}: {stored.get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ) + ")")
     out = Path(cfg.out)
     copied = []
+    if (source / "warmup_origin.txt").exists() and not (out / "warmup_origin.txt").exists():
+        shutil.copy(source / "warmup_origin.txt", out / "warmup_origin.txt")
     names = ["base", "warmup", *(f"vanilla-seed{s}" for s in range(cfg.seeds))]
     for name in names:
         src, dst = source / "models" / name, out / "models" / name
@@ -287,17 +331,55 @@ def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
     added = add_thinking_tokens(model, tokenizer) if cfg.special_thinking_tokens and cfg.model != "tiny" else []
-    task = task_config(cfg)
-    problems = generate_problems(cfg.train_problems, "train", seed=0, config=task)
-    examples = [WorkedExample(e.problem.prompt, e.thinking, e.solution, e.cut)
-                for e in training_examples(problems, seed=0, config=task, cut_fraction=cfg.cut_fraction)]
-    loss = supervised_warmup(model, tokenizer, examples, str(path) + ".tmp", steps=cfg.warmup_steps,
+    loss = supervised_warmup(model, tokenizer, warmup_examples(cfg), str(path) + ".tmp", steps=cfg.warmup_steps,
                              batch_size=cfg.warmup_batch, learning_rate=cfg.warmup_lr, bar=bar,
                              group_by_length=cfg.warmup_group_by_length, packed=cfg.warmup_packed,
                              lora=LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, trainable_tokens=added))
     _say(f"warm-up loss {loss:.3f}")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def warmup_examples(cfg: DemoConfig) -> list:
+    """The warm-up's worked examples (``training.sft.WorkedExample``): seed 0, ``cut_fraction`` of them cut."""
+    from .data.synthetic import generate_problems, training_examples
+    from .training.sft import WorkedExample
+
+    task = task_config(cfg)
+    problems = generate_problems(cfg.train_problems, "train", seed=0, config=task)
+    return [WorkedExample(e.problem.prompt, e.thinking, e.solution, e.cut)
+            for e in training_examples(problems, seed=0, config=task, cut_fraction=cfg.cut_fraction)]
+
+
+def prepare_warmup(cfg: DemoConfig, base: Path, path: Path, make_bar=None) -> str:
+    """Stage 2: put the warm-up at ``path``, copied from the shipped checkpoint or trained (``warmup_source``; with
+    a progress bar from ``make_bar()``). Returns how it was obtained, for the console and ``results.md``."""
+    import contextlib
+    import shutil
+
+    if cfg.warmup_source not in ("auto", "shipped", "train"):
+        raise ValueError(f"warmup_source: expected auto, shipped or train, got {cfg.warmup_source!r}")
+    differ = shipped_warmup_differences(cfg)
+    if cfg.warmup_source == "shipped" and differ:
+        raise ValueError("warmup_source=shipped: the shipped warm-up was trained with other settings ("
+                         + "; ".join(differ) + "); use warmup_source=train or auto")
+    provenance = json.loads((SHIPPED_WARMUP / "provenance.json").read_text())
+    if cfg.warmup_source != "train" and not differ:
+        tmp = Path(str(path) + ".copy")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(SHIPPED_WARMUP, tmp)
+        tmp.rename(path)  # whole or absent: an interrupted copy is redone
+        return (f"the shipped warm-up (models/demo_warmup, md5 {provenance['md5'][:8]}; "
+                "`--set warmup_source=train` trains it here)")
+    with (make_bar() if make_bar else contextlib.nullcontext()) as bar:
+        warmup(cfg, base, path, bar=bar)
+    if differ:
+        return "trained here"
+    md5 = file_md5(path / "model.safetensors")
+    same = md5 == provenance["md5"]
+    return (f"trained here, md5 {md5[:8]}: " + ("the same bits as the shipped warm-up" if same else
+            f"not the shipped warm-up's ({provenance['md5'][:8]}): another draw of it, on which E1 may need more "
+            "GRPO steps (docs/demo/variants.md, 'The warm-up draw')"))
 
 
 def grpo(cfg: DemoConfig, start: Path, path: Path, mode: str, seed: int, bar=None) -> None:
@@ -467,6 +549,9 @@ def write_report(cfg: DemoConfig, records: list[dict], out: Path, elapsed: float
         ceiling = by[(models[0], b)]["minimal_trace_ceiling"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} | {ceiling:.1f} |")
     detail = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted((stages or {}).items()))
+    origin = out / "warmup_origin.txt"
+    if origin.exists():
+        lines += ["", f"Warm-up: {origin.read_text()}."]
     if elapsed >= 1.0:
         lines += ["", f"Demo time: {elapsed / 60:.1f} min over its stages ({detail}; {cfg.jobs} parallel jobs; "
                       "stages reused from another run with --reuse are not counted)."]
@@ -599,7 +684,7 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
     stored_path = out / "demo_config.json"
     if stored_path.exists():  # stages whose outputs exist are reused: only for the same settings
         stored = json.loads(stored_path.read_text())
-        differ = [k for k, v in asdict(cfg).items() if k not in ("out", "jobs", "threads") and stored.get(k, v) != v]
+        differ = [k for k, v in asdict(cfg).items() if k not in NOT_RESULTS and stored.get(k, v) != v]
         if differ:
             raise ValueError(f"{out} holds a demo run with other settings ("
                              + "; ".join(f"{k}: {stored.get(k)!r} there, {getattr(cfg, k)!r} now" for k in differ)
@@ -625,9 +710,12 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
         base = base_path(cfg, models)
     with Stage(2, total, f"supervised warm-up ({cfg.warmup_steps} steps"
                          f"{f', LoRA r={cfg.lora_r}' if cfg.lora_r else ''})", timings):
+        origin = out / "warmup_origin.txt"
         if not (models / "warmup" / "config.json").exists():
-            with bar("warm-up", cfg.warmup_steps, "step") as b:
-                warmup(cfg, base, models / "warmup", bar=b)
+            origin.write_text(prepare_warmup(cfg, base, models / "warmup",
+                                             lambda: bar("warm-up", cfg.warmup_steps, "step")))
+        if origin.exists():
+            _say(f"warm-up: {origin.read_text()}")
     # Longest jobs first (vanilla's rollouts are about twice E1's), so the two workers finish together.
     runs = [(name, mode, seed) for mode, name in (("vanilla", "vanilla"), ("elastic", "e1")) for seed in seeds]
     with Stage(3, total, f"GRPO, E1 (t*={cfg.thinking_budget}, s*={cfg.solution_budget}) and vanilla, "
