@@ -99,7 +99,7 @@ class DemoConfig:
     after it has learnt to think concisely, which is what trains it to finish the work after a cut (at t* = 32 alone
     a concise E1 is almost never cut); at 12 every problem is cut, and those of 4-5 terms can still be finished in
     s = 16. None of the evaluated budgets below t* (8, 16, 24) is in the mix. ``[20, 28, 32]`` was the default before
-    session 7 (12 added: +9 to +14 points at t = 16 on two warm-ups, ``docs/demo/variants.md``); ``[]``: t* only
+    commit 7ea51cb (12 added: +9 to +14 points at t = 16 on two warm-ups, ``docs/demo/variants.md``); ``[]``: t* only
     (the run before issue 17). ``seen_in_training`` marks t* alone; ``in_training_mix`` marks evaluated budgets that
     are in the mix."""
     vanilla_max_tokens: int = 160
@@ -632,8 +632,7 @@ def _run_stage(jobs: list[tuple], workers: int, bar, progress, after: dict[int, 
     if workers <= 1:
         for job in jobs:
             _job(*job, bar=bar if job[0] == "grpo" else None)
-            bar.n = progress()
-            bar.refresh()
+            bar.update(progress() - bar.n)  # update, not refresh: keeps the bar's interval in a log file
         return
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -655,8 +654,7 @@ def _run_stage(jobs: list[tuple], workers: int, bar, progress, after: dict[int, 
             for future in done:
                 future.result()  # a failed job stops the demo with its own error
                 finished.add(running.pop(future))
-            bar.n = progress()
-            bar.refresh()
+            bar.update(progress() - bar.n)
 
 
 def _lines(path: Path) -> int:
