@@ -35,7 +35,7 @@ def test_prepare_warmup_copies_it_refuses_other_settings_and_bad_sources(tmp_pat
     assert not (tmp_path / "warmup.copy").exists()
     with pytest.raises(ValueError, match="warmup_steps: 1500 there, 10 here"):
         prepare_warmup(DemoConfig(warmup_steps=10, warmup_source="shipped"), tmp_path / "b", tmp_path / "w2")
-    with pytest.raises(ValueError, match="auto, shipped or train"):
+    with pytest.raises(ValueError, match="auto, shipped, train"):
         prepare_warmup(DemoConfig(warmup_source="hub"), tmp_path / "b", tmp_path / "w3")
     assert not (tmp_path / "w2").exists() and not (tmp_path / "w3").exists()
 
@@ -52,3 +52,11 @@ def test_the_shipped_warmup_solves_the_task_with_no_budget(tmp_path):
     assert rows[None]["accuracy_mean"] >= 75.0
     assert rows[None]["thinking_tokens_mean"] > 40  # the warm-up thinks in padded, worked traces
     assert rows[32]["accuracy_mean"] < rows[None]["accuracy_mean"]  # and a cut at t* = 32 costs it
+
+
+def test_run_demo_refuses_an_unknown_warmup_source_before_writing_anything(tmp_path):
+    from elastic_reasoning.demo import run_demo
+
+    with pytest.raises(ValueError, match="warmup_source"):
+        run_demo(DemoConfig(out=str(tmp_path / "run"), warmup_source="hub"))
+    assert not (tmp_path / "run").exists()

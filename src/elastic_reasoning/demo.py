@@ -193,6 +193,7 @@ WARMUP_SETTINGS = ("model", "min_terms", "max_terms", "train_problems", "hidden_
 """Every setting the warm-up depends on: the shipped warm-up is used only when all of them equal its own."""
 
 SHIPPED_WARMUP = Path(__file__).parent / "models" / "demo_warmup"
+WARMUP_SOURCES = ("auto", "shipped", "train")
 
 
 def shipped_warmup_differences(cfg: DemoConfig) -> list[str]:
@@ -200,6 +201,11 @@ def shipped_warmup_differences(cfg: DemoConfig) -> list[str]:
     provenance = json.loads((SHIPPED_WARMUP / "provenance.json").read_text())
     return [f"{k}: {provenance['settings'].get(k)!r} there, {getattr(cfg, k)!r} here" for k in WARMUP_SETTINGS
             if provenance["settings"].get(k) != getattr(cfg, k)]
+
+
+def check_warmup_source(cfg: DemoConfig) -> None:
+    if cfg.warmup_source not in WARMUP_SOURCES:
+        raise ValueError(f"warmup_source: expected one of {', '.join(WARMUP_SOURCES)}, got {cfg.warmup_source!r}")
 
 
 def file_md5(path: Path) -> str:
@@ -324,9 +330,8 @@ def build_base(cfg: DemoConfig, path: Path) -> None:
 def warmup(cfg: DemoConfig, base: Path, path: Path, bar=None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data.synthetic import generate_problems, training_examples
     from .training.lora import LoraSettings
-    from .training.sft import WorkedExample, add_thinking_tokens, supervised_warmup
+    from .training.sft import add_thinking_tokens, supervised_warmup
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
@@ -357,8 +362,7 @@ def prepare_warmup(cfg: DemoConfig, base: Path, path: Path, make_bar=None) -> st
     import contextlib
     import shutil
 
-    if cfg.warmup_source not in ("auto", "shipped", "train"):
-        raise ValueError(f"warmup_source: expected auto, shipped or train, got {cfg.warmup_source!r}")
+    check_warmup_source(cfg)
     differ = shipped_warmup_differences(cfg)
     if cfg.warmup_source == "shipped" and differ:
         raise ValueError("warmup_source=shipped: the shipped warm-up was trained with other settings ("
@@ -676,6 +680,7 @@ def run_demo(cfg: DemoConfig, *, reuse: str | Path | None = None) -> Path:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    check_warmup_source(cfg)
     out = Path(cfg.out)
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
