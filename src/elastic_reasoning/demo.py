@@ -196,16 +196,24 @@ SHIPPED_WARMUP = Path(__file__).parent / "models" / "demo_warmup"
 WARMUP_SOURCES = ("auto", "shipped", "train")
 
 
-def shipped_warmup_differences(cfg: DemoConfig) -> list[str]:
+def shipped_provenance() -> dict:
+    return json.loads((SHIPPED_WARMUP / "provenance.json").read_text())
+
+
+def shipped_warmup_differences(cfg: DemoConfig, provenance: dict | None = None) -> list[str]:
     """Why the shipped warm-up is not this config's: the warm-up settings that differ (empty: it is)."""
-    provenance = json.loads((SHIPPED_WARMUP / "provenance.json").read_text())
-    return [f"{k}: {provenance['settings'].get(k)!r} there, {getattr(cfg, k)!r} here" for k in WARMUP_SETTINGS
-            if provenance["settings"].get(k) != getattr(cfg, k)]
+    settings = (provenance or shipped_provenance())["settings"]
+    return [f"{k}: {settings.get(k)!r} there, {getattr(cfg, k)!r} here" for k in WARMUP_SETTINGS
+            if settings.get(k) != getattr(cfg, k)]
 
 
 def check_warmup_source(cfg: DemoConfig) -> None:
+    """A known ``warmup_source``, and for ``shipped`` the shipped warm-up's settings: checked before any stage."""
     if cfg.warmup_source not in WARMUP_SOURCES:
         raise ValueError(f"warmup_source: expected one of {', '.join(WARMUP_SOURCES)}, got {cfg.warmup_source!r}")
+    if cfg.warmup_source == "shipped" and (differ := shipped_warmup_differences(cfg)):
+        raise ValueError("warmup_source=shipped: the shipped warm-up was trained with other settings ("
+                         + "; ".join(differ) + "); use warmup_source=train or auto")
 
 
 def file_md5(path: Path) -> str:
@@ -363,11 +371,8 @@ def prepare_warmup(cfg: DemoConfig, base: Path, path: Path, make_bar=None) -> st
     import shutil
 
     check_warmup_source(cfg)
-    differ = shipped_warmup_differences(cfg)
-    if cfg.warmup_source == "shipped" and differ:
-        raise ValueError("warmup_source=shipped: the shipped warm-up was trained with other settings ("
-                         + "; ".join(differ) + "); use warmup_source=train or auto")
-    provenance = json.loads((SHIPPED_WARMUP / "provenance.json").read_text())
+    provenance = shipped_provenance()
+    differ = shipped_warmup_differences(cfg, provenance)
     if cfg.warmup_source != "train" and not differ:
         tmp = Path(str(path) + ".copy")
         shutil.rmtree(tmp, ignore_errors=True)
